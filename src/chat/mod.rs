@@ -1,0 +1,324 @@
+//! The chat domain: rooms, messages, typing and presence, independent of the
+//! transport a request came by. Socket.IO handlers and REST routes call
+//! [`Chat`]; it checks access, writes through the [`Store`] and announces
+//! through the [`Broadcaster`].
+
+pub mod access;
+pub mod presence;
+pub mod typing;
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
+
+use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    auth::TokenVerifier,
+    broadcast::{Audience, Broadcaster},
+    clock,
+    domain::{Draft, Identity, Member, RoomId, RoomKind, StoredMessage},
+    error::ChatError,
+    metrics::Metrics,
+    ratelimit::RateLimit,
+    store::{Appended, NewMessage, Page, PageQuery, Store},
+};
+use presence::Presence;
+use typing::Typing;
+
+/// Messages returned by a join without `since`.
+pub const HISTORY_LATEST: u32 = 50;
+/// Most messages returned by a join with `since`, and by one REST page.
+pub const HISTORY_MAX: u32 = 500;
+
+/// One connection's view: who it is and which rooms it has joined, with the
+/// member identity it holds in each. Kept in the socket's extensions.
+pub struct Conn {
+    pub identity: Identity,
+    /// Pusher-format socket id (`123.456`), unique per connection.
+    pub socket_id: String,
+    /// std `Mutex`: a few map operations, never held across an await.
+    rooms: Mutex<HashMap<RoomId, Member>>,
+}
+
+impl Conn {
+    pub fn new(identity: Identity, socket_id: String) -> Self {
+        Self {
+            identity,
+            socket_id,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Member>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn joined(&self, room: &RoomId) -> bool {
+        self.rooms().contains_key(room)
+    }
+
+    /// Records the room; false when it was already joined.
+    pub fn insert(&self, room: RoomId, member: Member) -> bool {
+        self.rooms().insert(room, member).is_none()
+    }
+
+    pub fn remove(&self, room: &RoomId) -> Option<Member> {
+        self.rooms().remove(room)
+    }
+
+    pub fn drain(&self) -> Vec<(RoomId, Member)> {
+        self.rooms().drain().collect()
+    }
+}
+
+pub struct Chat {
+    pub store: Arc<dyn Store>,
+    pub verifier: TokenVerifier,
+    pub metrics: Arc<Metrics>,
+    presence: Arc<dyn Presence>,
+    typing: Arc<Typing>,
+    broadcaster: Broadcaster,
+    limiter: RateLimit,
+    typing_timeout: Duration,
+    max_event_bytes: usize,
+    /// Message writes in flight; shutdown waits for them.
+    writes: TaskTracker,
+}
+
+pub struct ChatParts {
+    pub store: Arc<dyn Store>,
+    pub verifier: TokenVerifier,
+    pub metrics: Arc<Metrics>,
+    pub presence: Arc<dyn Presence>,
+    pub broadcaster: Broadcaster,
+    pub limiter: RateLimit,
+    pub typing_timeout: Duration,
+    pub max_event_bytes: usize,
+}
+
+impl Chat {
+    pub fn new(p: ChatParts) -> Self {
+        Self {
+            store: p.store,
+            verifier: p.verifier,
+            metrics: p.metrics,
+            presence: p.presence,
+            typing: Arc::new(Typing::default()),
+            broadcaster: p.broadcaster,
+            limiter: p.limiter,
+            typing_timeout: p.typing_timeout,
+            max_event_bytes: p.max_event_bytes,
+            writes: TaskTracker::new(),
+        }
+    }
+
+    pub fn broadcaster(&self) -> &Broadcaster {
+        &self.broadcaster
+    }
+
+    /// Every client event passes here first: per-user rate limit, then size.
+    pub fn gate(&self, identity: &Identity, size: usize) -> Result<(), ChatError> {
+        if !self.limiter.check(identity.user.key()) {
+            return Err(ChatError::RateLimited);
+        }
+        if size > self.max_event_bytes {
+            return Err(ChatError::TooLarge(format!(
+                "event is {size} bytes; at most {} are allowed",
+                self.max_event_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn prune(&self) {
+        self.limiter.prune();
+        self.metrics
+            .rooms
+            .set(self.presence.occupied_rooms() as i64);
+    }
+
+    /// Admission for `identity` to `room`; the member as the room shows them.
+    pub async fn admit(&self, identity: &Identity, room: &RoomId) -> Result<Member, ChatError> {
+        access::admit(self.store.as_ref(), identity, room).await
+    }
+
+    /// A socket entered `room`: count it, and announce the user when it is their first socket there.
+    pub async fn entered(
+        &self,
+        conn: &Conn,
+        room: &RoomId,
+        member: &Member,
+    ) -> Result<(), ChatError> {
+        let first = self
+            .presence
+            .join(room, member, &conn.socket_id)
+            .await
+            .map_err(|e| ChatError::internal("presence registry failed", &e))?;
+        self.metrics
+            .rooms
+            .set(self.presence.occupied_rooms() as i64);
+        if first {
+            self.broadcaster.emit(
+                Audience::room(room).except_user(conn.identity.user.key()),
+                "user-online",
+                &json!({ "roomId": room, "userId": member.user, "online": true }),
+            );
+        }
+        Ok(())
+    }
+
+    /// A socket left `room` (or disconnected): stop its typing, and announce
+    /// the user offline there when it was their last socket.
+    pub async fn left(&self, conn: &Conn, room: &RoomId, member: &Member) {
+        let user = conn.identity.user.key();
+        if self.typing.stop(room, user) {
+            self.announce_typing(room, &conn.identity, false);
+        }
+        match self
+            .presence
+            .leave(room, member.key(), &conn.socket_id)
+            .await
+        {
+            Ok(true) => {
+                self.broadcaster.emit(
+                    Audience::room(room).except_user(user),
+                    "user-online",
+                    &json!({ "roomId": room, "userId": member.user, "online": false }),
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, %room, "presence leave failed"),
+        }
+        self.metrics
+            .rooms
+            .set(self.presence.occupied_rooms() as i64);
+    }
+
+    pub async fn members(&self, room: &RoomId) -> Result<Vec<Member>, ChatError> {
+        self.presence
+            .members(room)
+            .await
+            .map_err(|e| ChatError::internal("presence registry failed", &e))
+    }
+
+    /// Join history: the latest 50, or everything after `since` (up to 500).
+    pub async fn history(&self, room: &RoomId, since: Option<i64>) -> Result<Page, ChatError> {
+        let query = match since {
+            Some(after) => PageQuery {
+                after: Some(after),
+                before: None,
+                limit: HISTORY_MAX,
+            },
+            None => PageQuery {
+                after: None,
+                before: None,
+                limit: HISTORY_LATEST,
+            },
+        };
+        self.page(room, query).await
+    }
+
+    pub async fn page(&self, room: &RoomId, query: PageQuery) -> Result<Page, ChatError> {
+        self.store
+            .page(room, query)
+            .await
+            .map_err(|e| ChatError::internal("could not read messages", &e))
+    }
+
+    /// Stores the message (before anyone hears of it), then broadcasts it to
+    /// every socket in the room. A retry returns the stored original unannounced.
+    pub async fn send(
+        &self,
+        identity: &Identity,
+        room: &RoomId,
+        draft: Draft,
+    ) -> Result<Appended, ChatError> {
+        if let (Some(target), RoomKind::Direct { a, b }) = (&draft.target_id, room.kind())
+            && *target != a
+            && *target != b
+        {
+            return Err(ChatError::InvalidPayload(format!(
+                "targetId {target} is not in {room}"
+            )));
+        }
+        let new = NewMessage {
+            room: room.clone(),
+            sender: identity.clone(),
+            client_id: draft.client_id,
+            text: draft.text,
+            kind: draft.kind,
+            media: draft.media,
+            audio: draft.audio,
+            timestamp: clock::now_ms(),
+        };
+        // The write runs to completion even if the caller goes away, and
+        // shutdown waits for it: an acked message is always a stored one.
+        let store = self.store.clone();
+        let write = self.writes.spawn(async move { store.append(new).await });
+        let appended = write
+            .await
+            .map_err(|e| ChatError::internal("message write task failed", &e))?
+            .map_err(|e| ChatError::internal("could not store the message", &e))?;
+        if appended.created {
+            self.metrics.messages_in.inc();
+            if self.typing.stop(room, identity.user.key()) {
+                self.announce_typing(room, identity, false);
+            }
+            self.broadcaster
+                .emit(Audience::room(room), "new-message", &appended.message);
+        }
+        Ok(appended)
+    }
+
+    /// `typing` from a user: tell the room's other users, and arm the expiry.
+    pub fn typing(self: &Arc<Self>, identity: &Identity, room: &RoomId, is_typing: bool) {
+        let user = identity.user.key();
+        if !is_typing {
+            if self.typing.stop(room, user) {
+                self.announce_typing(room, identity, false);
+            }
+            return;
+        }
+        let generation = self.typing.start(room, user);
+        self.announce_typing(room, identity, true);
+        let chat = Arc::clone(self);
+        let (room, identity) = (room.clone(), identity.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(chat.typing_timeout).await;
+            if chat.typing.expire(&room, identity.user.key(), generation) {
+                chat.announce_typing(&room, &identity, false);
+            }
+        });
+    }
+
+    fn announce_typing(&self, room: &RoomId, identity: &Identity, is_typing: bool) {
+        self.broadcaster.emit(
+            Audience::room(room).except_user(identity.user.key()),
+            "typing",
+            &json!({ "roomId": room, "userId": identity.user, "isTyping": is_typing }),
+        );
+    }
+
+    /// Waits (up to `timeout`) for message writes in flight; used at shutdown.
+    pub async fn drain_writes(&self, timeout: Duration) -> bool {
+        self.writes.close();
+        tokio::time::timeout(timeout, self.writes.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// The `join-room` ack body.
+pub fn join_reply(room: &RoomId, members: &[Member], page: &Page) -> Value {
+    json!({
+        "ok": true,
+        "roomId": room,
+        "members": members,
+        "history": page.messages,
+        "hasMore": page.has_more,
+    })
+}
+
+pub fn message_reply(message: &StoredMessage) -> Value {
+    json!({ "ok": true, "message": message })
+}

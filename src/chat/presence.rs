@@ -1,0 +1,183 @@
+//! Who is in which room right now, counted per user across all their sockets.
+//! The registry answers "first socket in?" and "last socket out?", which is what
+//! `user-online` needs. In-process today; a cluster-wide registry (Redis)
+//! implements the same trait.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
+
+use async_trait::async_trait;
+
+use crate::domain::{Member, RoomId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("presence registry unavailable: {0}")]
+pub struct PresenceError(pub String);
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Records `socket` of `member` in `room`. True when it is the member's first socket there.
+    async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        socket: &str,
+    ) -> Result<bool, PresenceError>;
+    /// Removes `socket` of the member with `member_key`. True when it was their last socket there.
+    async fn leave(
+        &self,
+        room: &RoomId,
+        member_key: &str,
+        socket: &str,
+    ) -> Result<bool, PresenceError>;
+    /// One entry per member present, in the order they arrived.
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError>;
+    /// Rooms with at least one member (for metrics).
+    fn occupied_rooms(&self) -> usize;
+}
+
+struct Entry {
+    member: Member,
+    sockets: HashSet<String>,
+    arrived: u64,
+}
+
+#[derive(Default)]
+struct Rooms {
+    rooms: HashMap<RoomId, HashMap<String, Entry>>,
+    seq: u64,
+}
+
+/// The single-node registry. A std `Mutex` because every critical section is
+/// a few map operations and never awaits.
+#[derive(Default)]
+pub struct LocalPresence {
+    inner: Mutex<Rooms>,
+}
+
+impl LocalPresence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than losing presence altogether, so recover the guard.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Presence for LocalPresence {
+    async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        socket: &str,
+    ) -> Result<bool, PresenceError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.seq += 1;
+        let seq = state.seq;
+        let entry = state
+            .rooms
+            .entry(room.clone())
+            .or_default()
+            .entry(member.key().to_owned())
+            .or_insert_with(|| Entry {
+                member: member.clone(),
+                sockets: HashSet::new(),
+                arrived: seq,
+            });
+        let first = entry.sockets.is_empty();
+        entry.sockets.insert(socket.to_owned());
+        Ok(first)
+    }
+
+    async fn leave(
+        &self,
+        room: &RoomId,
+        member_key: &str,
+        socket: &str,
+    ) -> Result<bool, PresenceError> {
+        let mut state = self.lock();
+        let Some(members) = state.rooms.get_mut(room) else {
+            return Ok(false);
+        };
+        let Some(entry) = members.get_mut(member_key) else {
+            return Ok(false);
+        };
+        let removed = entry.sockets.remove(socket);
+        let last = removed && entry.sockets.is_empty();
+        if entry.sockets.is_empty() {
+            members.remove(member_key);
+        }
+        if members.is_empty() {
+            state.rooms.remove(room);
+        }
+        Ok(last)
+    }
+
+    async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError> {
+        let state = self.lock();
+        let mut entries: Vec<&Entry> = state
+            .rooms
+            .get(room)
+            .map(|m| m.values().collect())
+            .unwrap_or_default();
+        entries.sort_by_key(|e| e.arrived);
+        Ok(entries.into_iter().map(|e| e.member.clone()).collect())
+    }
+
+    fn occupied_rooms(&self) -> usize {
+        self.lock().rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserId;
+    use serde_json::json;
+
+    fn member(id: i64) -> Member {
+        Member {
+            user: UserId::from_json(&json!(id)).expect("id"),
+            info: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn first_in_last_out_per_user() {
+        let p = LocalPresence::default();
+        let room = RoomId::parse("lobby").expect("room");
+        assert!(p.join(&room, &member(5), "a").await.expect("ok"));
+        assert!(
+            !p.join(&room, &member(5), "b").await.expect("ok"),
+            "second tab"
+        );
+        assert!(
+            !p.join(&room, &member(5), "b").await.expect("ok"),
+            "same socket twice"
+        );
+        assert!(p.join(&room, &member(7), "c").await.expect("ok"));
+        let keys: Vec<String> = p
+            .members(&room)
+            .await
+            .expect("ok")
+            .iter()
+            .map(|m| m.key().to_owned())
+            .collect();
+        assert_eq!(keys, ["5", "7"]);
+        assert!(!p.leave(&room, "5", "a").await.expect("ok"));
+        assert!(
+            !p.leave(&room, "5", "zzz").await.expect("ok"),
+            "unknown socket"
+        );
+        assert!(p.leave(&room, "5", "b").await.expect("ok"));
+        assert!(!p.leave(&room, "5", "b").await.expect("ok"), "already gone");
+        assert_eq!(p.occupied_rooms(), 1);
+        assert!(p.leave(&room, "7", "c").await.expect("ok"));
+        assert_eq!(p.occupied_rooms(), 0);
+    }
+}

@@ -1,0 +1,256 @@
+//! Every setting, from the environment (flags mirror them), validated once at
+//! boot into [`Settings`]. Secrets are never printed.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Self-hosted realtime chat server: Socket.IO rooms, stored messages, Pusher compatibility"
+)]
+pub struct Config {
+    /// Start with nothing configured: embedded SQLite, a generated secret and a printed dev token.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Port for HTTP, Socket.IO and the Pusher API.
+    #[arg(long, env = "PORT", default_value_t = 7071)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// `sqlite://PATH` (embedded) or `postgres://…`. Default: a SQLite file under ./data/.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// HS256 secret for user tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 public key (PEM) for user tokens; used instead of JWT_SECRET when set.
+    #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true)]
+    pub jwt_public_key: Option<String>,
+
+    /// Share rooms, presence and broadcasts between nodes through Redis.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Comma-separated Origin allow-list for WebSocket and polling (`*` only in dev mode).
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Client events per second allowed per user (all sockets and REST calls together).
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20)]
+    pub rate_limit_per_sec: u32,
+
+    /// Burst of client events a user may send at once before the rate applies.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 60)]
+    pub rate_limit_burst: u32,
+
+    /// Largest client event (its JSON) answered normally; larger ones get `too_large`.
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 64 * 1024)]
+    pub max_event_bytes: usize,
+
+    /// Largest transport frame or polling body; past it the transport closes the connection.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Packets queued for one socket before it counts as a slow consumer and is disconnected.
+    #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 1024)]
+    pub socket_buffer_packets: usize,
+
+    /// A `typing: true` not refreshed within this is followed by `isTyping: false`.
+    #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 8_000)]
+    pub typing_timeout_ms: u64,
+
+    /// How long shutdown waits for writes in flight.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Which origins may open a Socket.IO connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    Any,
+    List(Vec<String>),
+}
+
+impl Origins {
+    /// Requests without an Origin header (non-browser clients) are always allowed.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match (self, origin) {
+            (_, None) | (Self::Any, _) => true,
+            (Self::List(list), Some(o)) => {
+                list.iter().any(|allowed| allowed.eq_ignore_ascii_case(o))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    Hs256(String),
+    Rs256Pem(String),
+}
+
+/// Settings after validation: what the server actually runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub dev: bool,
+    pub database_url: String,
+    pub jwt: JwtKey,
+    /// Set when dev mode made the secret up, so it can be printed with a token.
+    pub generated_secret: bool,
+    pub redis_url: Option<String>,
+    pub origins: Origins,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub max_event_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub socket_buffer_packets: usize,
+    pub typing_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    pub fn settings(self) -> anyhow::Result<Settings> {
+        let (jwt, generated_secret) = match (self.jwt_public_key, self.jwt_secret) {
+            (Some(pem), _) => (JwtKey::Rs256Pem(pem), false),
+            (None, Some(secret)) if !secret.is_empty() => (JwtKey::Hs256(secret), false),
+            (None, _) if self.dev => (JwtKey::Hs256(random_secret()), true),
+            (None, _) => bail!(
+                "JWT_SECRET is not set: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256 PEM), \
+                 or run `switchboard --dev` to try it with a generated dev secret"
+            ),
+        };
+
+        let wildcard = self.allowed_origins.iter().any(|o| o.trim() == "*");
+        let list: Vec<String> = self
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty() && o != "*")
+            .collect();
+        let origins = match (wildcard, self.dev) {
+            (true, true) => Origins::Any,
+            (true, false) => {
+                bail!("ALLOWED_ORIGINS=* is only allowed with --dev; list the app's origins")
+            }
+            (false, true) if list.is_empty() => Origins::Any,
+            _ => Origins::List(list),
+        };
+
+        if self.redis_url.is_some() {
+            bail!("REDIS_URL is set, but this build runs a single node; unset REDIS_URL");
+        }
+
+        let database_url = self
+            .database_url
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "sqlite://./data/switchboard.db".to_owned());
+        if !database_url.starts_with("sqlite:") {
+            bail!("DATABASE_URL must be sqlite://PATH in this build (got a different scheme)");
+        }
+
+        if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
+            bail!("RATE_LIMIT_PER_SEC and RATE_LIMIT_BURST must be at least 1");
+        }
+
+        let ip: std::net::IpAddr = self
+            .host
+            .parse()
+            .with_context(|| format!("HOST must be an IP address, got {:?}", self.host))?;
+
+        Ok(Settings {
+            addr: SocketAddr::new(ip, self.port),
+            dev: self.dev,
+            database_url,
+            jwt,
+            generated_secret,
+            redis_url: self.redis_url,
+            origins,
+            rate_limit_per_sec: self.rate_limit_per_sec,
+            rate_limit_burst: self.rate_limit_burst,
+            max_event_bytes: self.max_event_bytes,
+            max_frame_bytes: self.max_frame_bytes.max(self.max_event_bytes),
+            socket_buffer_packets: self.socket_buffer_packets.max(16),
+            typing_timeout: Duration::from_millis(self.typing_timeout_ms),
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The folder a `sqlite://PATH` file lives in, to create it when missing.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut argv = vec!["switchboard"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)?.settings()
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_secret() {
+        let err = parse(&[]).expect_err("must refuse");
+        assert!(err.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn dev_mode_needs_nothing() {
+        let s = parse(&["--dev"]).expect("dev starts");
+        assert!(s.generated_secret);
+        assert_eq!(s.origins, Origins::Any);
+        assert!(s.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn origins() {
+        let s = parse(&[
+            "--jwt-secret",
+            "s",
+            "--allowed-origins",
+            "http://a.test,http://b.test/",
+        ])
+        .expect("ok");
+        assert!(s.origins.allows(Some("http://b.test")));
+        assert!(!s.origins.allows(Some("http://evil.test")));
+        assert!(s.origins.allows(None));
+        assert!(parse(&["--jwt-secret", "s", "--allowed-origins", "*"]).is_err());
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://./data/x.db"),
+            Some(PathBuf::from("./data/x.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/x.db?mode=rwc"),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! # switchboard
+//!
+//! A self-hosted realtime server for chat apps: a Socket.IO server (v4 clients,
+//! WebSocket and long-polling) with JWT identity, rooms, stored messages,
+//! typing and presence, built to replace Pusher Channels.
+//!
+//! # Layout
+//!
+//! - [`config`]: every setting, from the environment, validated at boot.
+//! - [`startup`]: binds, opens the store, builds the Socket.IO layer and router, runs and drains.
+//! - [`domain`]: validated types — [`domain::UserId`], [`domain::RoomId`] and its kind, message drafts.
+//! - [`auth`]: JWT verification, shared by the handshake and REST.
+//! - [`socket`]: the Socket.IO transport — handshake, one handler per client event, acks.
+//! - [`http`]: health, readiness, metrics and the REST message routes.
+//! - [`chat`]: the chat domain — access rules, presence, typing, sending.
+//! - [`broadcast`]: the one place every event to a room passes through.
+//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite today).
+//! - [`error`]: the boundary error and its single mapping to the contract's codes.
+//! - [`metrics`], [`ratelimit`], [`telemetry`], [`dev`], [`clock`]: supporting pieces.
+//!
+//! # How a message flows
+//!
+//! 1. `send-message` arrives on a socket; [`socket`] rate limits and size checks it,
+//!    parses a [`domain::Draft`] and checks the socket joined the room.
+//! 2. [`chat::Chat::send`] appends it through the [`store::Store`] (idempotent on
+//!    `(room, sender, clientId)`) and waits for the commit.
+//! 3. Only a newly stored message is handed to [`broadcast::Broadcaster`], which
+//!    delivers `new-message` to every socket in the room, the sender's included.
+//! 4. The ack `{ ok: true, message }` goes back last: an acked message is a stored one.
+//!
+//! REST `POST /api/rooms/{roomId}/messages` enters at step 2 with the same rules.
+//! Data flows one way: transports (`socket`, `http`) → `chat` → `store`; only
+//! `broadcast` emits to clients.
+
+pub mod auth;
+pub mod broadcast;
+pub mod chat;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod socket;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

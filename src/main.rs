@@ -1,0 +1,30 @@
+//! The `switchboard` binary: read the settings, start the server, run until
+//! Ctrl-C or SIGTERM.
+
+use clap::Parser;
+use switchboard::{config::Config, dev, startup, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::init();
+    let settings = match Config::parse().settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = async {
+        let app = startup::Application::build(settings.clone()).await?;
+        dev::announce(&settings, app.local_addr()?);
+        app.run(startup::shutdown_signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

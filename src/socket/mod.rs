@@ -1,0 +1,203 @@
+//! The Socket.IO transport: authenticates the handshake, turns each client
+//! event into a call on [`Chat`], and answers every event with an ack in the
+//! contract's shape. Nothing here decides chat rules; it parses and relays.
+
+mod payload;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use socketioxide::{
+    SocketIo,
+    extract::{AckSender, SocketRef, TryData},
+    handler::ConnectHandler,
+};
+
+use crate::{
+    auth::AuthError,
+    broadcast::user_room,
+    chat::{Chat, Conn, join_reply, message_reply},
+    domain::{Draft, RoomId},
+    error::ChatError,
+};
+use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
+
+/// Registers the `/` namespace: authentication middleware, then handlers.
+pub fn register(io: &SocketIo, chat: Arc<Chat>) {
+    let for_auth = chat.clone();
+    let on_connect = move |s: SocketRef| {
+        let chat = chat.clone();
+        async move { connected(s, chat) }
+    };
+    let authenticate = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let chat = for_auth.clone();
+        async move {
+            let result = authenticate(&s, auth.ok().as_ref(), &chat);
+            if let Err(e) = &result {
+                chat.metrics.error("unauthorized");
+                tracing::debug!(reason = %e, "handshake refused");
+            }
+            result
+        }
+    };
+    io.ns("/", on_connect.with(authenticate));
+}
+
+/// The token comes from `auth.token`, the `token` query parameter, or an
+/// `Authorization: Bearer` header, in that order.
+fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), AuthError> {
+    let parts = s.req_parts();
+    let from_auth = auth
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let from_query = || {
+        parts.uri.query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    let from_header = || {
+        parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(crate::http::bearer)
+            .map(str::to_owned)
+    };
+    let token = from_auth
+        .or_else(from_query)
+        .or_else(from_header)
+        .ok_or(AuthError::Missing)?;
+    let identity = chat.verifier.verify(&token)?;
+    s.extensions
+        .insert(Arc::new(Conn::new(identity, pusher_socket_id())));
+    Ok(())
+}
+
+/// Pusher's socket id format (`\d+\.\d+`), so the id works with Pusher auth.
+fn pusher_socket_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    format!(
+        "{}.{}",
+        rng.random_range(1..u32::MAX),
+        rng.random_range(1..u32::MAX)
+    )
+}
+
+fn conn_of(s: &SocketRef) -> Option<Arc<Conn>> {
+    s.extensions.get::<Arc<Conn>>()
+}
+
+fn connected(s: SocketRef, chat: Arc<Chat>) {
+    let Some(conn) = conn_of(&s) else {
+        // The middleware always inserts it; without it the socket has no identity.
+        let _ = s.disconnect();
+        return;
+    };
+    chat.metrics.connections.inc();
+    s.join(user_room(conn.identity.user.key()));
+    chat.broadcaster().send(
+        &s,
+        "session",
+        &json!({ "socketId": conn.socket_id, "userId": conn.identity.user }),
+    );
+
+    on(&s, &chat, "join-room", |chat, s, conn, data| async move {
+        let req = JoinRequest::parse(&data)?;
+        let room = RoomId::parse(&req.room)?;
+        if !conn.joined(&room) {
+            let member = chat.admit(&conn.identity, &room).await?;
+            s.join(room.to_string());
+            conn.insert(room.clone(), member.clone());
+            chat.entered(&conn, &room, &member).await?;
+            // The socket may have gone while we awaited; don't leave a ghost behind.
+            if !s.connected()
+                && let Some(member) = conn.remove(&room)
+            {
+                chat.left(&conn, &room, &member).await;
+            }
+        }
+        let members = chat.members(&room).await?;
+        let page = chat.history(&room, req.since).await?;
+        Ok(join_reply(&room, &members, &page))
+    });
+
+    on(&s, &chat, "leave-room", |chat, s, conn, data| async move {
+        let room = RoomId::parse(&RoomRequest::parse(&data)?.room)?;
+        if let Some(member) = conn.remove(&room) {
+            s.leave(room.to_string());
+            chat.left(&conn, &room, &member).await;
+        }
+        Ok(json!({ "ok": true }))
+    });
+
+    on(
+        &s,
+        &chat,
+        "send-message",
+        |chat, _s, conn, data| async move {
+            let draft = Draft::parse(&data, None)?;
+            let room = RoomId::parse(&draft.room)?;
+            if !conn.joined(&room) {
+                return Err(ChatError::NotJoined(room));
+            }
+            let appended = chat.send(&conn.identity, &room, draft).await?;
+            Ok(message_reply(&appended.message))
+        },
+    );
+
+    on(&s, &chat, "typing", |chat, _s, conn, data| async move {
+        let req = TypingRequest::parse(&data)?;
+        let room = RoomId::parse(&req.room)?;
+        if !conn.joined(&room) {
+            return Err(ChatError::NotJoined(room));
+        }
+        chat.typing(&conn.identity, &room, req.is_typing);
+        Ok(json!({ "ok": true }))
+    });
+
+    s.on_disconnect(move |s: SocketRef| {
+        let chat = chat.clone();
+        async move {
+            chat.metrics.connections.dec();
+            if let Some(conn) = conn_of(&s) {
+                for (room, member) in conn.drain() {
+                    chat.left(&conn, &room, &member).await;
+                }
+            }
+        }
+    });
+}
+
+/// Registers one client event: every event is rate limited, size checked and
+/// answered with an ack, whatever its payload; nothing closes the connection.
+fn on<F, Fut>(s: &SocketRef, chat: &Arc<Chat>, event: &'static str, handler: F)
+where
+    F: Fn(Arc<Chat>, SocketRef, Arc<Conn>, Value) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ChatError>> + Send + 'static,
+{
+    let chat = chat.clone();
+    s.on(
+        event,
+        move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+            let (chat, handler) = (chat.clone(), handler.clone());
+            async move {
+                let Some(conn) = conn_of(&s) else { return };
+                let data = data.unwrap_or(Value::Null);
+                let result = match chat.gate(&conn.identity, json_size(&data)) {
+                    Ok(()) => handler(chat.clone(), s, conn, data).await,
+                    Err(e) => Err(e),
+                };
+                let body = result.unwrap_or_else(|e| {
+                    chat.metrics.error(e.code());
+                    e.body()
+                });
+                // No ack callback on the client side: nothing to answer.
+                let _ = ack.send(&body);
+            }
+        },
+    );
+}

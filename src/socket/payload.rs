@@ -1,0 +1,146 @@
+//! Client event payloads other than messages (see `domain::message` for those):
+//! tolerant of the shapes existing clients send, strict about types.
+
+use serde_json::Value;
+
+use crate::error::ChatError;
+
+fn invalid(msg: &str) -> ChatError {
+    ChatError::InvalidPayload(msg.to_owned())
+}
+
+fn room_field(data: &Value) -> Result<String, ChatError> {
+    match data {
+        Value::String(s) => Ok(s.clone()),
+        Value::Object(map) => match map.get("roomId") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(invalid("roomId must be a string")),
+            None => Err(invalid("roomId is required")),
+        },
+        _ => Err(invalid("payload must be an object with roomId")),
+    }
+}
+
+/// `leave-room`: `{ roomId }` or a bare room id.
+pub struct RoomRequest {
+    pub room: String,
+}
+
+impl RoomRequest {
+    pub fn parse(data: &Value) -> Result<Self, ChatError> {
+        Ok(Self {
+            room: room_field(data)?,
+        })
+    }
+}
+
+/// `join-room`: `{ roomId, since? }` or a bare room id.
+pub struct JoinRequest {
+    pub room: String,
+    pub since: Option<i64>,
+}
+
+impl JoinRequest {
+    pub fn parse(data: &Value) -> Result<Self, ChatError> {
+        let since = match data.get("since") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(
+                s.parse::<i64>()
+                    .map_err(|_| invalid("since must be a message id"))?,
+            ),
+            Some(Value::Number(n)) => Some(
+                n.as_i64()
+                    .ok_or_else(|| invalid("since must be a message id"))?,
+            ),
+            Some(_) => return Err(invalid("since must be a message id")),
+        };
+        if since.is_some_and(|s| s < 0) {
+            return Err(invalid("since must be a message id"));
+        }
+        Ok(Self {
+            room: room_field(data)?,
+            since,
+        })
+    }
+}
+
+/// `typing`: `{ roomId, isTyping }`.
+pub struct TypingRequest {
+    pub room: String,
+    pub is_typing: bool,
+}
+
+impl TypingRequest {
+    pub fn parse(data: &Value) -> Result<Self, ChatError> {
+        let room = room_field(data)?;
+        let is_typing = match data.get("isTyping") {
+            Some(Value::Bool(b)) => *b,
+            _ => return Err(invalid("isTyping must be true or false")),
+        };
+        Ok(Self { room, is_typing })
+    }
+}
+
+/// Length of the value's JSON, counted without building the string.
+pub fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn join_shapes() {
+        let j = JoinRequest::parse(&json!("lobby")).expect("bare string");
+        assert_eq!((j.room.as_str(), j.since), ("lobby", None));
+        let j =
+            JoinRequest::parse(&json!({"roomId": "lobby", "since": "42"})).expect("string since");
+        assert_eq!(j.since, Some(42));
+        let j = JoinRequest::parse(&json!({"roomId": "lobby", "since": 42})).expect("number since");
+        assert_eq!(j.since, Some(42));
+        for bad in [
+            json!(null),
+            json!(5),
+            json!({}),
+            json!({"roomId": 1}),
+            json!({"roomId": "r", "since": "x"}),
+            json!({"roomId": "r", "since": -1}),
+        ] {
+            assert!(JoinRequest::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn typing_shape() {
+        assert!(
+            TypingRequest::parse(&json!({"roomId": "r", "isTyping": true}))
+                .is_ok_and(|t| t.is_typing)
+        );
+        assert!(TypingRequest::parse(&json!({"roomId": "r", "isTyping": "yes"})).is_err());
+        assert!(TypingRequest::parse(&json!({"roomId": "r"})).is_err());
+    }
+
+    #[test]
+    fn size_matches_serialization() {
+        let v = json!({"a": "é", "b": [1, 2, 3]});
+        assert_eq!(
+            json_size(&v),
+            serde_json::to_string(&v).map(|s| s.len()).unwrap_or(0)
+        );
+    }
+}

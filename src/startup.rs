@@ -1,0 +1,210 @@
+//! Assembles the server: binds the listener (port 0 allowed), opens the store
+//! and runs migrations, builds the Socket.IO layer and the HTTP router, and
+//! runs until the shutdown future resolves, then drains.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    serve::ListenerExt,
+};
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    auth::TokenVerifier,
+    broadcast::Broadcaster,
+    chat::{Chat, ChatParts, presence::LocalPresence},
+    config::{JwtKey, Origins, Settings},
+    error::ChatError,
+    http,
+    metrics::Metrics,
+    ratelimit::RateLimit,
+    socket, store,
+};
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    chat: Arc<Chat>,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Binds `settings.addr` and builds everything.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.addr))?;
+        Self::with_listener(settings, listener).await
+    }
+
+    /// Builds on a listener the caller bound (tests bind port 0).
+    pub async fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let store =
+            store::Metered::wrap(store::open(&settings.database_url).await?, metrics.clone());
+        let verifier = match &settings.jwt {
+            JwtKey::Hs256(secret) => TokenVerifier::hs256(secret.as_bytes()),
+            JwtKey::Rs256Pem(pem) => TokenVerifier::rs256(pem.as_bytes())?,
+        };
+
+        let (layer, io) = SocketIo::builder()
+            .max_payload(settings.max_frame_bytes as u64)
+            .ws_max_message_size(settings.max_frame_bytes)
+            .ws_max_frame_size(settings.max_frame_bytes)
+            .max_buffer_size(settings.socket_buffer_packets)
+            .build_layer();
+
+        let chat = Arc::new(Chat::new(ChatParts {
+            store,
+            verifier,
+            metrics: metrics.clone(),
+            presence: Arc::new(LocalPresence::default()),
+            broadcaster: Broadcaster::new(io.clone(), metrics),
+            limiter: RateLimit::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
+            typing_timeout: settings.typing_timeout,
+            max_event_bytes: settings.max_event_bytes,
+        }));
+        socket::register(&io, chat.clone());
+
+        let origins = Arc::new(settings.origins.clone());
+        let router = http::router(chat.clone(), settings.max_frame_bytes)
+            .layer(layer)
+            .layer(cors(&settings.origins))
+            .layer(middleware::from_fn_with_state(origins, check_origin))
+            .layer(tower_http::trace::TraceLayer::new_for_http());
+
+        Ok(Self {
+            listener,
+            router,
+            io,
+            chat,
+            shutdown_timeout: settings.shutdown_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves; then tells clients, finishes writes in
+    /// flight and closes the store.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            io,
+            chat,
+            shutdown_timeout,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!("listening on http://{addr}");
+
+        let pruner = {
+            let chat = chat.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    chat.prune();
+                }
+            })
+        };
+
+        // Small frames (acks, typing) must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let closing = async move {
+            shutdown.await;
+            tracing::info!("shutting down: disconnecting clients");
+            io.close().await;
+        };
+        let served = tokio::time::timeout(
+            shutdown_timeout + Duration::from_secs(30),
+            axum::serve(listener, router)
+                .with_graceful_shutdown(closing)
+                .into_future(),
+        );
+        // Graceful shutdown ends once every connection closes; a stuck one must not hold the exit.
+        let result = match served.await {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => Ok(()),
+        };
+        pruner.abort();
+        if !chat.drain_writes(shutdown_timeout).await {
+            tracing::warn!("shutdown: some writes did not finish in time");
+        }
+        chat.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn cors(origins: &Origins) -> CorsLayer {
+    let allow = match origins {
+        Origins::Any => AllowOrigin::mirror_request(),
+        Origins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        }
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_credentials(true)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::OPTIONS,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+}
+
+/// Refuses Socket.IO handshakes (WebSocket and polling) from origins not on the list.
+async fn check_origin(State(origins): State<Arc<Origins>>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/socket.io") {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        if !origins.allows(origin) {
+            let err = ChatError::Forbidden(format!(
+                "origin {} is not allowed",
+                origin.unwrap_or_default()
+            ));
+            return (StatusCode::FORBIDDEN, axum::Json(err.body())).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,142 @@
+//! Durable state behind one small interface: messages (append, idempotent on
+//! `(room, sender, clientId)`; pages by id) and group membership. The chat logic
+//! only sees [`Store`]; each engine is one implementation.
+
+mod sqlite;
+
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use sqlite::SqliteStore;
+
+use crate::{
+    domain::{Identity, MessageKind, RoomId, StoredMessage},
+    metrics::Metrics,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A message ready to be stored: validated, with its sender resolved.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: RoomId,
+    pub sender: Identity,
+    pub client_id: Option<String>,
+    pub text: String,
+    pub kind: MessageKind,
+    pub media: Option<String>,
+    pub audio: Option<String>,
+    pub timestamp: i64,
+}
+
+/// The result of an append: the stored message, and whether this call stored
+/// it (false: an earlier call with the same idempotency key did).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: StoredMessage,
+    pub created: bool,
+}
+
+/// Which messages of a room to read. With `after`, the first `limit` after it;
+/// otherwise the last `limit` before `before` (or the end). Both bounds are exclusive.
+#[derive(Debug, Clone, Copy)]
+pub struct PageQuery {
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// Messages oldest first, and whether more lie beyond in the direction read.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    pub has_more: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+    async fn page(&self, room: &RoomId, query: PageQuery) -> Result<Page, StoreError>;
+    async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError>;
+    async fn set_group_member(
+        &self,
+        group: &str,
+        user_key: &str,
+        member: bool,
+    ) -> Result<bool, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn close(&self);
+}
+
+/// Opens the store named by `DATABASE_URL` and runs its migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqliteStore::open(url).await?))
+}
+
+/// Times every store call into the `switchboard_store_seconds` histogram.
+pub struct Metered {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+        Arc::new(Self { inner, metrics })
+    }
+
+    async fn timed<T>(&self, op: &'static str, fut: impl Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = fut.await;
+        self.metrics.observe_store(op, start.elapsed());
+        out
+    }
+}
+
+#[async_trait]
+impl Store for Metered {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        self.timed("append", self.inner.append(msg)).await
+    }
+    async fn page(&self, room: &RoomId, query: PageQuery) -> Result<Page, StoreError> {
+        self.timed("page", self.inner.page(room, query)).await
+    }
+    async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError> {
+        self.timed(
+            "is_group_member",
+            self.inner.is_group_member(group, user_key),
+        )
+        .await
+    }
+    async fn set_group_member(
+        &self,
+        group: &str,
+        user_key: &str,
+        member: bool,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "set_group_member",
+            self.inner.set_group_member(group, user_key, member),
+        )
+        .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+fn user_json(raw: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("user_json {raw:?}: {e}")))
+}
