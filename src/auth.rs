@@ -54,13 +54,15 @@ impl TokenVerifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
-            _ => AuthError::Malformed,
-        })?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => AuthError::BadSignature,
+                    _ => AuthError::Malformed,
+                }
+            })?;
         identity_from_claims(&data.claims, token)
     }
 }
@@ -119,7 +121,9 @@ mod tests {
     fn accepts_and_reads_claims() {
         let v = TokenVerifier::hs256(SECRET);
         let id = v
-            .verify(&token(json!({"sub": 5, "preferred_username": "alice", "name": "Alice", "picture": "https://a/p.png"})))
+            .verify(&token(
+                json!({"sub": 5, "preferred_username": "alice", "name": "Alice", "picture": "https://a/p.png"}),
+            ))
             .expect("valid");
         assert_eq!(id.user.json(), &json!(5));
         assert_eq!(id.profile.username.as_deref(), Some("alice"));
@@ -130,9 +134,7 @@ mod tests {
     #[test]
     fn id_claim_precedence() {
         let v = TokenVerifier::hs256(SECRET);
-        let id = v
-            .verify(&token(json!({"userId": "u1", "user_id": 3})))
-            .expect("valid");
+        let id = v.verify(&token(json!({"userId": "u1", "user_id": 3}))).expect("valid");
         assert_eq!(id.user.json(), &json!("u1"));
         let id = v.verify(&token(json!({"user_id": 3}))).expect("valid");
         assert_eq!(id.user.json(), &json!(3));
@@ -149,10 +151,7 @@ mod tests {
             ("not-a-jwt".to_owned(), AuthError::Malformed),
             (other, AuthError::BadSignature),
             (token(json!({"sub": 1, "exp": past})), AuthError::Expired),
-            (
-                token(json!({"sub": 1, "nbf": future})),
-                AuthError::NotYetValid,
-            ),
+            (token(json!({"sub": 1, "nbf": future})), AuthError::NotYetValid),
             (token(json!({"name": "x"})), AuthError::NoUserId),
             (token(json!({"sub": ""})), AuthError::NoUserId),
             (token(json!({"sub": 1.5})), AuthError::NoUserId),

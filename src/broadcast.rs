@@ -53,12 +53,7 @@ impl Broadcaster {
     }
 
     /// Sends `event` to the audience; returns how many sockets got it.
-    pub fn emit<T: Serialize + ?Sized>(
-        &self,
-        audience: Audience<'_>,
-        event: &str,
-        payload: &T,
-    ) -> usize {
+    pub fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
         let Some(ns) = self.io.of("/") else {
             return 0;
         };
@@ -77,12 +72,7 @@ impl Broadcaster {
     }
 
     /// Sends to one socket; a full buffer disconnects it.
-    pub fn send<T: Serialize + ?Sized>(
-        &self,
-        socket: &SocketRef,
-        event: &str,
-        payload: &T,
-    ) -> bool {
+    pub fn send<T: Serialize + ?Sized>(&self, socket: &SocketRef, event: &str, payload: &T) -> bool {
         match socket.emit(event, payload) {
             Ok(()) => true,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {

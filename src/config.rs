@@ -86,9 +86,7 @@ impl Origins {
     pub fn allows(&self, origin: Option<&str>) -> bool {
         match (self, origin) {
             (_, None) | (Self::Any, _) => true,
-            (Self::List(list), Some(o)) => {
-                list.iter().any(|allowed| allowed.eq_ignore_ascii_case(o))
-            }
+            (Self::List(list), Some(o)) => list.iter().any(|allowed| allowed.eq_ignore_ascii_case(o)),
         }
     }
 }
@@ -195,9 +193,7 @@ fn random_secret() -> String {
 
 /// The folder a `sqlite://PATH` file lives in, to create it when missing.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
@@ -228,13 +224,7 @@ mod tests {
 
     #[test]
     fn origins() {
-        let s = parse(&[
-            "--jwt-secret",
-            "s",
-            "--allowed-origins",
-            "http://a.test,http://b.test/",
-        ])
-        .expect("ok");
+        let s = parse(&["--jwt-secret", "s", "--allowed-origins", "http://a.test,http://b.test/"]).expect("ok");
         assert!(s.origins.allows(Some("http://b.test")));
         assert!(!s.origins.allows(Some("http://evil.test")));
         assert!(s.origins.allows(None));
@@ -243,10 +233,7 @@ mod tests {
 
     #[test]
     fn sqlite_paths() {
-        assert_eq!(
-            sqlite_path("sqlite://./data/x.db"),
-            Some(PathBuf::from("./data/x.db"))
-        );
+        assert_eq!(sqlite_path("sqlite://./data/x.db"), Some(PathBuf::from("./data/x.db")));
         assert_eq!(
             sqlite_path("sqlite:///tmp/x.db?mode=rwc"),
             Some(PathBuf::from("/tmp/x.db"))

@@ -13,9 +13,7 @@ pub fn announce(settings: &Settings, addr: SocketAddr) {
         return;
     }
     let JwtKey::Hs256(secret) = &settings.jwt else {
-        println!(
-            "dev mode: tokens are verified with JWT_PUBLIC_KEY; sign one with your private key"
-        );
+        println!("dev mode: tokens are verified with JWT_PUBLIC_KEY; sign one with your private key");
         return;
     };
     let token = match auth::dev_token(secret.as_bytes()) {

@@ -50,9 +50,7 @@ impl ChatError {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::InvalidPayload(_) | Self::InvalidRoom(_) | Self::NotJoined(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidPayload(_) | Self::InvalidRoom(_) | Self::NotJoined(_) => StatusCode::BAD_REQUEST,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -40,40 +40,22 @@ impl Metrics {
         let slow_consumers = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let store_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ])
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
         });
-        registry.register(
-            "connections",
-            "Connected Socket.IO sockets",
-            connections.clone(),
-        );
-        registry.register(
-            "rooms",
-            "Rooms with at least one member on this node",
-            rooms.clone(),
-        );
+        registry.register("connections", "Connected Socket.IO sockets", connections.clone());
+        registry.register("rooms", "Rooms with at least one member on this node", rooms.clone());
         registry.register(
             "messages_in",
             "Chat messages stored (new, not retries)",
             messages_in.clone(),
         );
-        registry.register(
-            "messages_out",
-            "Events delivered to sockets",
-            messages_out.clone(),
-        );
+        registry.register("messages_out", "Events delivered to sockets", messages_out.clone());
         registry.register(
             "slow_consumer_disconnects",
             "Sockets disconnected because their send buffer was full",
             slow_consumers.clone(),
         );
-        registry.register(
-            "errors",
-            "Errors answered to clients, by code",
-            errors.clone(),
-        );
+        registry.register("errors", "Errors answered to clients, by code", errors.clone());
         registry.register(
             "store_seconds",
             "Store call latency by operation",

@@ -48,8 +48,7 @@ impl Application {
     /// Builds on a listener the caller bound (tests bind port 0).
     pub async fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let store =
-            store::Metered::wrap(store::open(&settings.database_url).await?, metrics.clone());
+        let store = store::Metered::wrap(store::open(&settings.database_url).await?, metrics.clone());
         let verifier = match &settings.jwt {
             JwtKey::Hs256(secret) => TokenVerifier::hs256(secret.as_bytes()),
             JwtKey::Rs256Pem(pem) => TokenVerifier::rs256(pem.as_bytes())?,
@@ -94,12 +93,14 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The Socket.IO handle, for in-process tests that attach sockets without a network.
+    pub fn io(&self) -> SocketIo {
+        self.io.clone()
+    }
+
     /// Serves until `shutdown` resolves; then tells clients, finishes writes in
     /// flight and closes the store.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self {
             listener,
             router,
@@ -154,9 +155,7 @@ impl Application {
 fn cors(origins: &Origins) -> CorsLayer {
     let allow = match origins {
         Origins::Any => AllowOrigin::mirror_request(),
-        Origins::List(list) => {
-            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-        }
+        Origins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
     };
     CorsLayer::new()
         .allow_origin(allow)
@@ -172,15 +171,9 @@ fn cors(origins: &Origins) -> CorsLayer {
 /// Refuses Socket.IO handshakes (WebSocket and polling) from origins not on the list.
 async fn check_origin(State(origins): State<Arc<Origins>>, req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/socket.io") {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok());
+        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
         if !origins.allows(origin) {
-            let err = ChatError::Forbidden(format!(
-                "origin {} is not allowed",
-                origin.unwrap_or_default()
-            ));
+            let err = ChatError::Forbidden(format!("origin {} is not allowed", origin.unwrap_or_default()));
             return (StatusCode::FORBIDDEN, axum::Json(err.body())).into_response();
         }
     }

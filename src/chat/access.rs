@@ -8,11 +8,7 @@ use crate::{
 };
 
 /// Decides admission; returns the member as the room will show them.
-pub async fn admit(
-    store: &dyn Store,
-    identity: &Identity,
-    room: &RoomId,
-) -> Result<Member, ChatError> {
+pub async fn admit(store: &dyn Store, identity: &Identity, room: &RoomId) -> Result<Member, ChatError> {
     match room.kind() {
         RoomKind::Public => Ok(Member::from_identity(identity)),
         RoomKind::Direct { a, b } => {
@@ -33,14 +29,11 @@ pub async fn admit(
             if member {
                 Ok(Member::from_identity(identity))
             } else {
-                Err(ChatError::Forbidden(format!(
-                    "not a member of group {group}"
-                )))
+                Err(ChatError::Forbidden(format!("not a member of group {group}")))
             }
         }
         RoomKind::Private | RoomKind::Presence => Err(ChatError::Forbidden(
-            "private- and presence- rooms need PUSHER_AUTH_ENDPOINT, which is not configured"
-                .into(),
+            "private- and presence- rooms need PUSHER_AUTH_ENDPOINT, which is not configured".into(),
         )),
     }
 }

@@ -132,9 +132,7 @@ impl Chat {
 
     pub fn prune(&self) {
         self.limiter.prune();
-        self.metrics
-            .rooms
-            .set(self.presence.occupied_rooms() as i64);
+        self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
     }
 
     /// Admission for `identity` to `room`; the member as the room shows them.
@@ -143,20 +141,13 @@ impl Chat {
     }
 
     /// A socket entered `room`: count it, and announce the user when it is their first socket there.
-    pub async fn entered(
-        &self,
-        conn: &Conn,
-        room: &RoomId,
-        member: &Member,
-    ) -> Result<(), ChatError> {
+    pub async fn entered(&self, conn: &Conn, room: &RoomId, member: &Member) -> Result<(), ChatError> {
         let first = self
             .presence
             .join(room, member, &conn.socket_id)
             .await
             .map_err(|e| ChatError::internal("presence registry failed", &e))?;
-        self.metrics
-            .rooms
-            .set(self.presence.occupied_rooms() as i64);
+        self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
         if first {
             self.broadcaster.emit(
                 Audience::room(room).except_user(conn.identity.user.key()),
@@ -174,24 +165,18 @@ impl Chat {
         if self.typing.stop(room, user) {
             self.announce_typing(room, &conn.identity, false);
         }
-        match self
-            .presence
-            .leave(room, member.key(), &conn.socket_id)
-            .await
-        {
-            Ok(true) => {
+        match self.presence.leave(room, member.key(), &conn.socket_id).await {
+            Ok(Some(gone)) => {
                 self.broadcaster.emit(
                     Audience::room(room).except_user(user),
                     "user-online",
-                    &json!({ "roomId": room, "userId": member.user, "online": false }),
+                    &json!({ "roomId": room, "userId": gone.user, "online": false }),
                 );
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => tracing::error!(error = %e, %room, "presence leave failed"),
         }
-        self.metrics
-            .rooms
-            .set(self.presence.occupied_rooms() as i64);
+        self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
     }
 
     pub async fn members(&self, room: &RoomId) -> Result<Vec<Member>, ChatError> {
@@ -227,19 +212,12 @@ impl Chat {
 
     /// Stores the message (before anyone hears of it), then broadcasts it to
     /// every socket in the room. A retry returns the stored original unannounced.
-    pub async fn send(
-        &self,
-        identity: &Identity,
-        room: &RoomId,
-        draft: Draft,
-    ) -> Result<Appended, ChatError> {
+    pub async fn send(&self, identity: &Identity, room: &RoomId, draft: Draft) -> Result<Appended, ChatError> {
         if let (Some(target), RoomKind::Direct { a, b }) = (&draft.target_id, room.kind())
             && *target != a
             && *target != b
         {
-            return Err(ChatError::InvalidPayload(format!(
-                "targetId {target} is not in {room}"
-            )));
+            return Err(ChatError::InvalidPayload(format!("targetId {target} is not in {room}")));
         }
         let new = NewMessage {
             room: room.clone(),
@@ -302,9 +280,7 @@ impl Chat {
     /// Waits (up to `timeout`) for message writes in flight; used at shutdown.
     pub async fn drain_writes(&self, timeout: Duration) -> bool {
         self.writes.close();
-        tokio::time::timeout(timeout, self.writes.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, self.writes.wait()).await.is_ok()
     }
 }
 

@@ -19,19 +19,10 @@ pub struct PresenceError(pub String);
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Records `socket` of `member` in `room`. True when it is the member's first socket there.
-    async fn join(
-        &self,
-        room: &RoomId,
-        member: &Member,
-        socket: &str,
-    ) -> Result<bool, PresenceError>;
-    /// Removes `socket` of the member with `member_key`. True when it was their last socket there.
-    async fn leave(
-        &self,
-        room: &RoomId,
-        member_key: &str,
-        socket: &str,
-    ) -> Result<bool, PresenceError>;
+    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<bool, PresenceError>;
+    /// Removes `socket` of the member with `member_key`. When it was their last
+    /// socket there, returns the member as the room knew them.
+    async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Option<Member>, PresenceError>;
     /// One entry per member present, in the order they arrived.
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError>;
     /// Rooms with at least one member (for metrics).
@@ -61,20 +52,13 @@ impl LocalPresence {
     fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         // A panic while holding the lock cannot leave the maps half-updated in a way
         // that matters more than losing presence altogether, so recover the guard.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 #[async_trait]
 impl Presence for LocalPresence {
-    async fn join(
-        &self,
-        room: &RoomId,
-        member: &Member,
-        socket: &str,
-    ) -> Result<bool, PresenceError> {
+    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<bool, PresenceError> {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.seq += 1;
@@ -94,37 +78,27 @@ impl Presence for LocalPresence {
         Ok(first)
     }
 
-    async fn leave(
-        &self,
-        room: &RoomId,
-        member_key: &str,
-        socket: &str,
-    ) -> Result<bool, PresenceError> {
+    async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Option<Member>, PresenceError> {
         let mut state = self.lock();
         let Some(members) = state.rooms.get_mut(room) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(entry) = members.get_mut(member_key) else {
-            return Ok(false);
+            return Ok(None);
         };
-        let removed = entry.sockets.remove(socket);
-        let last = removed && entry.sockets.is_empty();
-        if entry.sockets.is_empty() {
-            members.remove(member_key);
+        if !entry.sockets.remove(socket) || !entry.sockets.is_empty() {
+            return Ok(None);
         }
+        let gone = members.remove(member_key).map(|e| e.member);
         if members.is_empty() {
             state.rooms.remove(room);
         }
-        Ok(last)
+        Ok(gone)
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError> {
         let state = self.lock();
-        let mut entries: Vec<&Entry> = state
-            .rooms
-            .get(room)
-            .map(|m| m.values().collect())
-            .unwrap_or_default();
+        let mut entries: Vec<&Entry> = state.rooms.get(room).map(|m| m.values().collect()).unwrap_or_default();
         entries.sort_by_key(|e| e.arrived);
         Ok(entries.into_iter().map(|e| e.member.clone()).collect())
     }
@@ -152,14 +126,8 @@ mod tests {
         let p = LocalPresence::default();
         let room = RoomId::parse("lobby").expect("room");
         assert!(p.join(&room, &member(5), "a").await.expect("ok"));
-        assert!(
-            !p.join(&room, &member(5), "b").await.expect("ok"),
-            "second tab"
-        );
-        assert!(
-            !p.join(&room, &member(5), "b").await.expect("ok"),
-            "same socket twice"
-        );
+        assert!(!p.join(&room, &member(5), "b").await.expect("ok"), "second tab");
+        assert!(!p.join(&room, &member(5), "b").await.expect("ok"), "same socket twice");
         assert!(p.join(&room, &member(7), "c").await.expect("ok"));
         let keys: Vec<String> = p
             .members(&room)
@@ -169,15 +137,12 @@ mod tests {
             .map(|m| m.key().to_owned())
             .collect();
         assert_eq!(keys, ["5", "7"]);
-        assert!(!p.leave(&room, "5", "a").await.expect("ok"));
-        assert!(
-            !p.leave(&room, "5", "zzz").await.expect("ok"),
-            "unknown socket"
-        );
-        assert!(p.leave(&room, "5", "b").await.expect("ok"));
-        assert!(!p.leave(&room, "5", "b").await.expect("ok"), "already gone");
+        assert_eq!(p.leave(&room, "5", "a").await.expect("ok"), None);
+        assert_eq!(p.leave(&room, "5", "zzz").await.expect("ok"), None, "unknown socket");
+        assert_eq!(p.leave(&room, "5", "b").await.expect("ok"), Some(member(5)));
+        assert_eq!(p.leave(&room, "5", "b").await.expect("ok"), None, "already gone");
         assert_eq!(p.occupied_rooms(), 1);
-        assert!(p.leave(&room, "7", "c").await.expect("ok"));
+        assert!(p.leave(&room, "7", "c").await.expect("ok").is_some());
         assert_eq!(p.occupied_rooms(), 0);
     }
 }

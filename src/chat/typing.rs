@@ -7,39 +7,46 @@ use std::{collections::HashMap, sync::Mutex};
 use crate::domain::RoomId;
 
 #[derive(Default)]
+struct State {
+    /// (room, user key) → generation of the latest `typing: true`.
+    active: HashMap<(RoomId, String), u64>,
+    next: u64,
+}
+
+#[derive(Default)]
 pub struct Typing {
     /// std `Mutex`: held only for a map operation, never across an await.
-    state: Mutex<(HashMap<(RoomId, String), u64>, u64)>,
+    state: Mutex<State>,
 }
 
 impl Typing {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<(RoomId, String), u64>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks the user typing; returns the generation its expiry timer must present.
     pub fn start(&self, room: &RoomId, user_key: &str) -> u64 {
-        let mut guard = self.lock();
-        let (map, next) = &mut *guard;
-        *next += 1;
-        map.insert((room.clone(), user_key.to_owned()), *next);
-        *next
+        let mut state = self.lock();
+        state.next += 1;
+        let generation = state.next;
+        state.active.insert((room.clone(), user_key.to_owned()), generation);
+        generation
     }
 
     /// Clears the user's typing state; true when they were typing.
     pub fn stop(&self, room: &RoomId, user_key: &str) -> bool {
         self.lock()
-            .0
+            .active
             .remove(&(room.clone(), user_key.to_owned()))
             .is_some()
     }
 
     /// Called when a timer fires: clears the state only if no refresh came since.
     pub fn expire(&self, room: &RoomId, user_key: &str, generation: u64) -> bool {
-        let mut guard = self.lock();
+        let mut state = self.lock();
         let key = (room.clone(), user_key.to_owned());
-        if guard.0.get(&key) == Some(&generation) {
-            guard.0.remove(&key);
+        if state.active.get(&key) == Some(&generation) {
+            state.active.remove(&key);
             true
         } else {
             false

@@ -96,9 +96,8 @@ impl Draft {
 
         let kind = match body.get("type") {
             None | Some(Value::Null) => MessageKind::Message,
-            Some(Value::String(s)) => MessageKind::parse(s).ok_or_else(|| {
-                invalid("type must be one of message, icon, sticker, image, audio")
-            })?,
+            Some(Value::String(s)) => MessageKind::parse(s)
+                .ok_or_else(|| invalid("type must be one of message, icon, sticker, image, audio"))?,
             Some(_) => return Err(invalid("type must be a string")),
         };
         let media = optional_url(body, "media")?;
@@ -153,9 +152,7 @@ fn client_id(v: &Value) -> Result<String, ValidationError> {
         _ => return Err(invalid("clientId must be a string or a number")),
     };
     if id.is_empty() || id.chars().count() > MAX_CLIENT_ID_CHARS {
-        return Err(invalid(format!(
-            "clientId must be 1-{MAX_CLIENT_ID_CHARS} characters"
-        )));
+        return Err(invalid(format!("clientId must be 1-{MAX_CLIENT_ID_CHARS} characters")));
     }
     Ok(id)
 }
@@ -221,9 +218,7 @@ mod tests {
 
     #[test]
     fn new_shape() {
-        let d =
-            parse(json!({"roomId": "chat-5-12", "clientId": 42, "message": "hi", "userId": 99}))
-                .expect("valid");
+        let d = parse(json!({"roomId": "chat-5-12", "clientId": 42, "message": "hi", "userId": 99})).expect("valid");
         assert_eq!(d.room, "chat-5-12");
         assert_eq!(d.client_id.as_deref(), Some("42"));
         assert_eq!(d.text, "hi");
@@ -254,10 +249,7 @@ mod tests {
             (json!({"roomId": "r", "message": ""}), false),
             (json!({"roomId": "r", "message": "   "}), false),
             (json!({"roomId": "r", "message": 5}), false),
-            (
-                json!({"roomId": "r", "message": "hi", "type": "video"}),
-                false,
-            ),
+            (json!({"roomId": "r", "message": "hi", "type": "video"}), false),
             (
                 json!({"roomId": "r", "message": "", "media": "javascript:alert(1)"}),
                 false,
@@ -266,10 +258,7 @@ mod tests {
                 json!({"roomId": "r", "message": "hi", "clientId": "x".repeat(129)}),
                 false,
             ),
-            (
-                json!({"roomId": "r", "message": "hi", "clientId": {}}),
-                false,
-            ),
+            (json!({"roomId": "r", "message": "hi", "clientId": {}}), false),
             (json!({"roomId": "r", "message": long}), true),
         ];
         for (payload, too_large) in cases {

@@ -210,9 +210,6 @@ mod tests {
             Ordering::Less
         );
         assert_eq!(compare_user_ids("9", "a"), Ordering::Less);
-        assert_eq!(
-            RoomId::direct("12", "5").map(|r| r.to_string()),
-            Ok("chat-5-12".into())
-        );
+        assert_eq!(RoomId::direct("12", "5").map(|r| r.to_string()), Ok("chat-5-12".into()));
     }
 }

@@ -25,15 +25,9 @@ async fn ready(State(chat): State<Arc<Chat>>) -> impl IntoResponse {
         Ok(Ok(())) => (StatusCode::OK, "ready".to_owned()),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable".to_owned(),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_owned())
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database timed out".to_owned(),
-        ),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database timed out".to_owned()),
     }
 }
 

@@ -55,9 +55,7 @@ async fn list(
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    ChatError::InvalidPayload("limit must be a positive integer".into())
-                })?
+                .ok_or_else(|| ChatError::InvalidPayload("limit must be a positive integer".into()))?
                 .min(HISTORY_MAX),
         };
         let query = PageQuery {
@@ -67,9 +65,7 @@ async fn list(
         };
         chat.admit(&identity, &room).await?;
         let page = chat.page(&room, query).await?;
-        Ok(Json(
-            json!({ "messages": page.messages, "hasMore": page.has_more }),
-        ))
+        Ok(Json(json!({ "messages": page.messages, "hasMore": page.has_more })))
     }
     .await;
     count_error(&chat, result)
@@ -83,8 +79,8 @@ async fn send(
 ) -> Result<impl IntoResponse, ChatError> {
     let result = async {
         chat.gate(&identity, body.len())?;
-        let data: Value = serde_json::from_slice(&body)
-            .map_err(|e| ChatError::InvalidPayload(format!("body must be JSON: {e}")))?;
+        let data: Value =
+            serde_json::from_slice(&body).map_err(|e| ChatError::InvalidPayload(format!("body must be JSON: {e}")))?;
         let draft = Draft::parse(&data, Some(&room))?;
         let room = RoomId::parse(&draft.room)?;
         chat.admit(&identity, &room).await?;

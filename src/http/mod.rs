@@ -33,10 +33,7 @@ pub struct User(pub Identity);
 impl FromRequestParts<Arc<Chat>> for User {
     type Rejection = ChatError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        chat: &Arc<Chat>,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, chat: &Arc<Chat>) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)

@@ -71,8 +71,7 @@ fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), 
         .or_else(from_header)
         .ok_or(AuthError::Missing)?;
     let identity = chat.verifier.verify(&token)?;
-    s.extensions
-        .insert(Arc::new(Conn::new(identity, pusher_socket_id())));
+    s.extensions.insert(Arc::new(Conn::new(identity, pusher_socket_id())));
     Ok(())
 }
 
@@ -80,11 +79,7 @@ fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), 
 fn pusher_socket_id() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    format!(
-        "{}.{}",
-        rng.random_range(1..u32::MAX),
-        rng.random_range(1..u32::MAX)
-    )
+    format!("{}.{}", rng.random_range(1..u32::MAX), rng.random_range(1..u32::MAX))
 }
 
 fn conn_of(s: &SocketRef) -> Option<Arc<Conn>> {
@@ -134,20 +129,15 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         Ok(json!({ "ok": true }))
     });
 
-    on(
-        &s,
-        &chat,
-        "send-message",
-        |chat, _s, conn, data| async move {
-            let draft = Draft::parse(&data, None)?;
-            let room = RoomId::parse(&draft.room)?;
-            if !conn.joined(&room) {
-                return Err(ChatError::NotJoined(room));
-            }
-            let appended = chat.send(&conn.identity, &room, draft).await?;
-            Ok(message_reply(&appended.message))
-        },
-    );
+    on(&s, &chat, "send-message", |chat, _s, conn, data| async move {
+        let draft = Draft::parse(&data, None)?;
+        let room = RoomId::parse(&draft.room)?;
+        if !conn.joined(&room) {
+            return Err(ChatError::NotJoined(room));
+        }
+        let appended = chat.send(&conn.identity, &room, draft).await?;
+        Ok(message_reply(&appended.message))
+    });
 
     on(&s, &chat, "typing", |chat, _s, conn, data| async move {
         let req = TypingRequest::parse(&data)?;

@@ -45,14 +45,8 @@ impl JoinRequest {
         let since = match data.get("since") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(
-                s.parse::<i64>()
-                    .map_err(|_| invalid("since must be a message id"))?,
-            ),
-            Some(Value::Number(n)) => Some(
-                n.as_i64()
-                    .ok_or_else(|| invalid("since must be a message id"))?,
-            ),
+            Some(Value::String(s)) => Some(s.parse::<i64>().map_err(|_| invalid("since must be a message id"))?),
+            Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| invalid("since must be a message id"))?),
             Some(_) => return Err(invalid("since must be a message id")),
         };
         if since.is_some_and(|s| s < 0) {
@@ -108,8 +102,7 @@ mod tests {
     fn join_shapes() {
         let j = JoinRequest::parse(&json!("lobby")).expect("bare string");
         assert_eq!((j.room.as_str(), j.since), ("lobby", None));
-        let j =
-            JoinRequest::parse(&json!({"roomId": "lobby", "since": "42"})).expect("string since");
+        let j = JoinRequest::parse(&json!({"roomId": "lobby", "since": "42"})).expect("string since");
         assert_eq!(j.since, Some(42));
         let j = JoinRequest::parse(&json!({"roomId": "lobby", "since": 42})).expect("number since");
         assert_eq!(j.since, Some(42));
@@ -127,10 +120,7 @@ mod tests {
 
     #[test]
     fn typing_shape() {
-        assert!(
-            TypingRequest::parse(&json!({"roomId": "r", "isTyping": true}))
-                .is_ok_and(|t| t.is_typing)
-        );
+        assert!(TypingRequest::parse(&json!({"roomId": "r", "isTyping": true})).is_ok_and(|t| t.is_typing));
         assert!(TypingRequest::parse(&json!({"roomId": "r", "isTyping": "yes"})).is_err());
         assert!(TypingRequest::parse(&json!({"roomId": "r"})).is_err());
     }
@@ -138,9 +128,6 @@ mod tests {
     #[test]
     fn size_matches_serialization() {
         let v = json!({"a": "é", "b": [1, 2, 3]});
-        assert_eq!(
-            json_size(&v),
-            serde_json::to_string(&v).map(|s| s.len()).unwrap_or(0)
-        );
+        assert_eq!(json_size(&v), serde_json::to_string(&v).map(|s| s.len()).unwrap_or(0));
     }
 }

@@ -68,12 +68,7 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
     async fn page(&self, room: &RoomId, query: PageQuery) -> Result<Page, StoreError>;
     async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError>;
-    async fn set_group_member(
-        &self,
-        group: &str,
-        user_key: &str,
-        member: bool,
-    ) -> Result<bool, StoreError>;
+    async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
 }
@@ -111,23 +106,12 @@ impl Store for Metered {
         self.timed("page", self.inner.page(room, query)).await
     }
     async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError> {
-        self.timed(
-            "is_group_member",
-            self.inner.is_group_member(group, user_key),
-        )
-        .await
+        self.timed("is_group_member", self.inner.is_group_member(group, user_key))
+            .await
     }
-    async fn set_group_member(
-        &self,
-        group: &str,
-        user_key: &str,
-        member: bool,
-    ) -> Result<bool, StoreError> {
-        self.timed(
-            "set_group_member",
-            self.inner.set_group_member(group, user_key, member),
-        )
-        .await
+    async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
+        self.timed("set_group_member", self.inner.set_group_member(group, user_key, member))
+            .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await

@@ -6,16 +6,14 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Row,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-        SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
 };
 
 use super::{Appended, NewMessage, Page, PageQuery, Store, StoreError, user_json};
 use crate::domain::{MessageKind, RoomId, StoredMessage};
 
-const COLUMNS: &str = "id, room_id, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at";
+const COLUMNS: &str =
+    "id, room_id, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -54,8 +52,7 @@ fn message(row: &SqliteRow) -> Result<StoredMessage, StoreError> {
         avatar: row.try_get("avatar")?,
         client_id: row.try_get("client_id")?,
         message: row.try_get("body")?,
-        kind: MessageKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+        kind: MessageKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
         media: row.try_get("media")?,
         audio: row.try_get("audio")?,
         timestamp: row.try_get("created_at")?,
@@ -143,19 +140,16 @@ impl Store for SqliteStore {
         Ok(row.is_some())
     }
 
-    async fn set_group_member(
-        &self,
-        group: &str,
-        user_key: &str,
-        member: bool,
-    ) -> Result<bool, StoreError> {
+    async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
         let result = if member {
-            sqlx::query("INSERT INTO group_members (group_id, user_key, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-                .bind(group)
-                .bind(user_key)
-                .bind(crate::clock::now_ms())
-                .execute(&self.pool)
-                .await?
+            sqlx::query(
+                "INSERT INTO group_members (group_id, user_key, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(group)
+            .bind(user_key)
+            .bind(crate::clock::now_ms())
+            .execute(&self.pool)
+            .await?
         } else {
             sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_key = ?")
                 .bind(group)
@@ -230,14 +224,8 @@ mod tests {
             .await
             .expect("stored");
         assert!(other_room.created);
-        let no_id_1 = s
-            .append(new("lobby", json!(5), None, "a"))
-            .await
-            .expect("stored");
-        let no_id_2 = s
-            .append(new("lobby", json!(5), None, "a"))
-            .await
-            .expect("stored");
+        let no_id_1 = s.append(new("lobby", json!(5), None, "a")).await.expect("stored");
+        let no_id_2 = s.append(new("lobby", json!(5), None, "a")).await.expect("stored");
         assert!(no_id_1.created && no_id_2.created);
         assert!(no_id_2.message.id > no_id_1.message.id);
     }
@@ -255,15 +243,9 @@ mod tests {
                     .message
                     .id,
             );
-            s.append(new("elsewhere", json!(1), None, "x"))
-                .await
-                .expect("stored");
+            s.append(new("elsewhere", json!(1), None, "x")).await.expect("stored");
         }
-        let q = |after, before, limit| PageQuery {
-            after,
-            before,
-            limit,
-        };
+        let q = |after, before, limit| PageQuery { after, before, limit };
         let texts = |p: &Page| {
             p.messages
                 .iter()
@@ -282,10 +264,7 @@ mod tests {
         assert_eq!((texts(&tail).as_str(), tail.has_more), ("89", false));
         let before = s.page(&room, q(None, Some(ids[5]), 2)).await.expect("page");
         assert_eq!((texts(&before).as_str(), before.has_more), ("34", true));
-        let between = s
-            .page(&room, q(Some(ids[1]), Some(ids[4]), 10))
-            .await
-            .expect("page");
+        let between = s.page(&room, q(Some(ids[1]), Some(ids[4]), 10)).await.expect("page");
         assert_eq!((texts(&between).as_str(), between.has_more), ("23", false));
     }
 

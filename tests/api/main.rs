@@ -1,0 +1,9 @@
+//! Integration tests: the real server, bound to port 0, each test with its own
+//! database. Network tests speak Engine.IO/Socket.IO over a real WebSocket;
+//! time-based tests attach in-process sockets so time can be paused.
+
+mod helpers;
+mod presence;
+mod rest;
+mod socket;
+mod typing;
