@@ -163,3 +163,42 @@ async fn shutdown_disconnects_clients_and_returns() {
     );
     run.await.expect("join").expect("clean exit");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_nobody_else_waits() {
+    use crate::helpers::Local;
+    let app = crate::helpers::spawn_app_with(&["--socket-buffer-packets", "16", "--rate-limit-burst", "1000"]).await;
+    let stalled = Local::connected(&app, &user(json!(7))).await;
+    let mut sender = Ws::connected(&app, &user(json!(5))).await;
+    let mut reader = Ws::connected(&app, &user(json!(12))).await;
+    // The stalled socket joins through the same handler as everyone else.
+    let mut stalled = stalled;
+    assert_eq!(stalled.emit("join-room", json!("lobby")).await["ok"], json!(true));
+    sender.emit("join-room", json!("lobby")).await;
+    reader.emit("join-room", json!("lobby")).await;
+
+    // From here on `stalled` never reads: its buffers fill and it must be cut off.
+    for i in 0..80 {
+        let ack = sender
+            .emit("send-message", json!({ "roomId": "lobby", "message": format!("m{i}") }))
+            .await;
+        assert_eq!(ack["ok"], json!(true), "{ack}");
+        assert_eq!(reader.event("new-message").await["message"], json!(format!("m{i}")));
+    }
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchboard_slow_consumer_disconnects_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    drop(stalled);
+}
