@@ -19,12 +19,20 @@ pub fn user_room(user_key: &str) -> String {
     format!("#u:{user_key}")
 }
 
+/// Internal room holding the one socket with this Pusher socket id, for
+/// `socket_id` exclusion.
+pub fn socket_room(socket_id: &str) -> String {
+    format!("#s:{socket_id}")
+}
+
 /// Who in a room receives an event.
 #[derive(Debug, Clone, Copy)]
 pub struct Audience<'a> {
     pub room: &'a RoomId,
     /// Leave out every socket of this user (typing, user-online).
     pub except_user: Option<&'a str>,
+    /// Leave out the socket with this Pusher socket id (Pusher `socket_id`).
+    pub except_socket: Option<&'a str>,
 }
 
 impl<'a> Audience<'a> {
@@ -32,11 +40,17 @@ impl<'a> Audience<'a> {
         Self {
             room,
             except_user: None,
+            except_socket: None,
         }
     }
 
     pub fn except_user(mut self, user_key: &'a str) -> Self {
         self.except_user = Some(user_key);
+        self
+    }
+
+    pub fn except_socket(mut self, socket_id: Option<&'a str>) -> Self {
+        self.except_socket = socket_id;
         self
     }
 }
@@ -61,6 +75,9 @@ impl Broadcaster {
         if let Some(user) = audience.except_user {
             op = op.except(user_room(user));
         }
+        if let Some(socket) = audience.except_socket {
+            op = op.except(socket_room(socket));
+        }
         let mut delivered = 0;
         for socket in op.sockets() {
             if self.send(&socket, event, payload) {
@@ -69,6 +86,21 @@ impl Broadcaster {
         }
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
+    }
+
+    /// Every local socket of a user.
+    pub fn user_sockets(&self, user_key: &str) -> Vec<SocketRef> {
+        self.io.of("/").map(|ns| ns.to(user_room(user_key)).sockets()).unwrap_or_default()
+    }
+
+    /// Disconnects every socket of a user (Pusher `terminate_connections`).
+    pub fn disconnect_user(&self, user_key: &str) -> usize {
+        let sockets = self.user_sockets(user_key);
+        let count = sockets.len();
+        for socket in sockets {
+            let _ = socket.disconnect();
+        }
+        count
     }
 
     /// Sends to one socket; a full buffer disconnects it.

@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use crate::pusher::Credentials;
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "switchboard",
@@ -44,6 +46,26 @@ pub struct Config {
     /// Comma-separated Origin allow-list for WebSocket and polling (`*` only in dev mode).
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Pusher app id the HTTP API answers to (with PUSHER_KEY and PUSHER_SECRET).
+    #[arg(long, env = "PUSHER_APP_ID")]
+    pub pusher_app_id: Option<String>,
+
+    /// Pusher app key.
+    #[arg(long, env = "PUSHER_KEY")]
+    pub pusher_key: Option<String>,
+
+    /// Pusher app secret: verifies HTTP API signatures and auth endpoint answers.
+    #[arg(long, env = "PUSHER_SECRET", hide_env_values = true)]
+    pub pusher_secret: Option<String>,
+
+    /// The app's legacy Pusher auth URL, asked before admitting to private-/presence- rooms.
+    #[arg(long, env = "PUSHER_AUTH_ENDPOINT")]
+    pub pusher_auth_endpoint: Option<String>,
+
+    /// How long the auth endpoint may take before a join fails with `internal`.
+    #[arg(long, env = "PUSHER_AUTH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub pusher_auth_timeout_ms: u64,
 
     /// Client events per second allowed per user (all sockets and REST calls together).
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20)]
@@ -108,6 +130,10 @@ pub struct Settings {
     pub generated_secret: bool,
     pub redis_url: Option<String>,
     pub origins: Origins,
+    /// Pusher credentials; `None` turns every `/apps/…` route off (404).
+    pub pusher: Option<Credentials>,
+    pub pusher_auth_endpoint: Option<String>,
+    pub pusher_auth_timeout: Duration,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub max_event_bytes: usize,
@@ -161,6 +187,27 @@ impl Config {
             bail!("RATE_LIMIT_PER_SEC and RATE_LIMIT_BURST must be at least 1");
         }
 
+        let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let pusher = match (
+            nonempty(self.pusher_app_id),
+            nonempty(self.pusher_key),
+            nonempty(self.pusher_secret),
+        ) {
+            (Some(id), Some(key), Some(secret)) => Some(Credentials::new(id, key, secret)),
+            (None, None, None) => None,
+            _ => bail!("set all of PUSHER_APP_ID, PUSHER_KEY and PUSHER_SECRET, or none of them"),
+        };
+        let pusher_auth_endpoint = nonempty(self.pusher_auth_endpoint);
+        if let Some(endpoint) = &pusher_auth_endpoint {
+            if pusher.is_none() {
+                bail!("PUSHER_AUTH_ENDPOINT needs PUSHER_KEY and PUSHER_SECRET to check the endpoint's signatures");
+            }
+            match url::Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => bail!("PUSHER_AUTH_ENDPOINT must be an http(s) URL"),
+            }
+        }
+
         let ip: std::net::IpAddr = self
             .host
             .parse()
@@ -174,6 +221,9 @@ impl Config {
             generated_secret,
             redis_url: self.redis_url,
             origins,
+            pusher,
+            pusher_auth_endpoint,
+            pusher_auth_timeout: Duration::from_millis(self.pusher_auth_timeout_ms),
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,
             max_event_bytes: self.max_event_bytes,
@@ -229,6 +279,16 @@ mod tests {
         assert!(!s.origins.allows(Some("http://evil.test")));
         assert!(s.origins.allows(None));
         assert!(parse(&["--jwt-secret", "s", "--allowed-origins", "*"]).is_err());
+    }
+
+    #[test]
+    fn pusher_settings_come_all_or_nothing() {
+        let base = ["--jwt-secret", "s"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        assert!(with(&[]).expect("ok").pusher.is_none());
+        assert!(with(&["--pusher-app-id", "1", "--pusher-key", "k", "--pusher-secret", "x"]).expect("ok").pusher.is_some());
+        assert!(with(&["--pusher-app-id", "1"]).is_err());
+        assert!(with(&["--pusher-auth-endpoint", "http://localhost:3000/api/pusher/auth"]).is_err());
     }
 
     #[test]

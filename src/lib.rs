@@ -14,6 +14,8 @@
 //! - [`http`]: health, readiness, metrics and the REST message routes.
 //! - [`chat`]: the chat domain — access rules, presence, typing, sending.
 //! - [`broadcast`]: the one place every event to a room passes through.
+//! - [`pusher`]: Pusher compatibility — signatures, the auth shim for `private-`/`presence-`
+//!   rooms, and the Pusher HTTP API (plus signed group membership routes).
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite today).
 //! - [`error`]: the boundary error and its single mapping to the contract's codes.
 //! - [`metrics`], [`ratelimit`], [`telemetry`], [`dev`], [`clock`]: supporting pieces.
@@ -28,7 +30,9 @@
 //!    delivers `new-message` to every socket in the room, the sender's included.
 //! 4. The ack `{ ok: true, message }` goes back last: an acked message is a stored one.
 //!
-//! REST `POST /api/rooms/{roomId}/messages` enters at step 2 with the same rules.
+//! REST `POST /api/rooms/{roomId}/messages` enters at step 2 with the same rules;
+//! a Pusher HTTP API trigger goes straight to the broadcaster (nothing is stored:
+//! it is the app's own event, as on Pusher).
 //! Data flows one way: transports (`socket`, `http`) → `chat` → `store`; only
 //! `broadcast` emits to clients.
 
@@ -42,6 +46,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod pusher;
 pub mod ratelimit;
 pub mod socket;
 pub mod startup;

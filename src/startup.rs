@@ -24,6 +24,7 @@ use crate::{
     error::ChatError,
     http,
     metrics::Metrics,
+    pusher::{self, AuthShim},
     ratelimit::RateLimit,
     socket, store,
 };
@@ -66,6 +67,14 @@ impl Application {
             verifier,
             metrics: metrics.clone(),
             presence: Arc::new(LocalPresence::default()),
+            shim: match (&settings.pusher_auth_endpoint, &settings.pusher) {
+                (Some(endpoint), Some(credentials)) => Some(AuthShim::new(
+                    endpoint.clone(),
+                    credentials.clone(),
+                    settings.pusher_auth_timeout,
+                )?),
+                _ => None,
+            },
             broadcaster: Broadcaster::new(io.clone(), metrics),
             limiter: RateLimit::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
             typing_timeout: settings.typing_timeout,
@@ -74,7 +83,11 @@ impl Application {
         socket::register(&io, chat.clone());
 
         let origins = Arc::new(settings.origins.clone());
-        let router = http::router(chat.clone(), settings.max_frame_bytes)
+        let mut router = http::router(chat.clone(), settings.max_frame_bytes);
+        if let Some(credentials) = settings.pusher.clone() {
+            router = router.merge(pusher::http_api::router(chat.clone(), credentials));
+        }
+        let router = router
             .layer(layer)
             .layer(cors(&settings.origins))
             .layer(middleware::from_fn_with_state(origins, check_origin))

@@ -4,11 +4,27 @@
 use crate::{
     domain::{Identity, Member, RoomId, RoomKind},
     error::ChatError,
+    pusher::{AuthShim, Forwarded, auth_shim::ShimError},
     store::Store,
 };
 
+/// Who asks to enter: the user, the Pusher socket id they would hold, and the
+/// credentials their client sent (forwarded to the app's auth endpoint).
+#[derive(Clone, Copy)]
+pub struct Seeker<'a> {
+    pub identity: &'a Identity,
+    pub socket_id: &'a str,
+    pub forwarded: &'a Forwarded,
+}
+
 /// Decides admission; returns the member as the room will show them.
-pub async fn admit(store: &dyn Store, identity: &Identity, room: &RoomId) -> Result<Member, ChatError> {
+pub async fn admit(
+    store: &dyn Store,
+    shim: Option<&AuthShim>,
+    who: Seeker<'_>,
+    room: &RoomId,
+) -> Result<Member, ChatError> {
+    let identity = who.identity;
     match room.kind() {
         RoomKind::Public => Ok(Member::from_identity(identity)),
         RoomKind::Direct { a, b } => {
@@ -16,9 +32,7 @@ pub async fn admit(store: &dyn Store, identity: &Identity, room: &RoomId) -> Res
             if me == a || me == b {
                 Ok(Member::from_identity(identity))
             } else {
-                Err(ChatError::Forbidden(format!(
-                    "{room} is a direct room between users {a} and {b}"
-                )))
+                Err(ChatError::Forbidden(format!("{room} is a direct room between users {a} and {b}")))
             }
         }
         RoomKind::Group(group) => {
@@ -32,8 +46,21 @@ pub async fn admit(store: &dyn Store, identity: &Identity, room: &RoomId) -> Res
                 Err(ChatError::Forbidden(format!("not a member of group {group}")))
             }
         }
-        RoomKind::Private | RoomKind::Presence => Err(ChatError::Forbidden(
-            "private- and presence- rooms need PUSHER_AUTH_ENDPOINT, which is not configured".into(),
-        )),
+        RoomKind::Private | RoomKind::Presence => {
+            let shim = shim.ok_or_else(|| {
+                ChatError::Forbidden(
+                    "private- and presence- rooms need PUSHER_AUTH_ENDPOINT, which is not configured".into(),
+                )
+            })?;
+            match shim.authorize(who.socket_id, room, who.forwarded, &identity.token).await {
+                Ok(Some(member)) => Ok(member),
+                Ok(None) => Ok(Member::from_identity(identity)),
+                Err(e @ ShimError::Failed(_)) => {
+                    tracing::warn!(error = %e, %room, "Pusher auth endpoint failed");
+                    Err(ChatError::Internal(e.to_string()))
+                }
+                Err(e) => Err(ChatError::Forbidden(e.to_string())),
+            }
+        }
     }
 }

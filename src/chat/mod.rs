@@ -19,10 +19,12 @@ use crate::{
     domain::{Draft, Identity, Member, RoomId, RoomKind, StoredMessage},
     error::ChatError,
     metrics::Metrics,
+    pusher::{AuthShim, Forwarded},
     ratelimit::RateLimit,
     store::{Appended, NewMessage, Page, PageQuery, Store},
 };
-use presence::Presence;
+pub use access::Seeker;
+use presence::{Presence, RoomStats};
 use typing::Typing;
 
 /// Messages returned by a join without `since`.
@@ -36,21 +38,32 @@ pub struct Conn {
     pub identity: Identity,
     /// Pusher-format socket id (`123.456`), unique per connection.
     pub socket_id: String,
+    /// The handshake's Cookie and Authorization, for the Pusher auth shim.
+    pub forwarded: Forwarded,
     /// std `Mutex`: a few map operations, never held across an await.
     rooms: Mutex<HashMap<RoomId, Member>>,
 }
 
 impl Conn {
-    pub fn new(identity: Identity, socket_id: String) -> Self {
+    pub fn new(identity: Identity, socket_id: String, forwarded: Forwarded) -> Self {
         Self {
             identity,
             socket_id,
+            forwarded,
             rooms: Mutex::new(HashMap::new()),
         }
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Member>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn seeker(&self) -> Seeker<'_> {
+        Seeker {
+            identity: &self.identity,
+            socket_id: &self.socket_id,
+            forwarded: &self.forwarded,
+        }
     }
 
     pub fn joined(&self, room: &RoomId) -> bool {
@@ -76,6 +89,7 @@ pub struct Chat {
     pub verifier: TokenVerifier,
     pub metrics: Arc<Metrics>,
     presence: Arc<dyn Presence>,
+    shim: Option<AuthShim>,
     typing: Arc<Typing>,
     broadcaster: Broadcaster,
     limiter: RateLimit,
@@ -90,6 +104,7 @@ pub struct ChatParts {
     pub verifier: TokenVerifier,
     pub metrics: Arc<Metrics>,
     pub presence: Arc<dyn Presence>,
+    pub shim: Option<AuthShim>,
     pub broadcaster: Broadcaster,
     pub limiter: RateLimit,
     pub typing_timeout: Duration,
@@ -103,6 +118,7 @@ impl Chat {
             verifier: p.verifier,
             metrics: p.metrics,
             presence: p.presence,
+            shim: p.shim,
             typing: Arc::new(Typing::default()),
             broadcaster: p.broadcaster,
             limiter: p.limiter,
@@ -136,8 +152,35 @@ impl Chat {
     }
 
     /// Admission for `identity` to `room`; the member as the room shows them.
-    pub async fn admit(&self, identity: &Identity, room: &RoomId) -> Result<Member, ChatError> {
-        access::admit(self.store.as_ref(), identity, room).await
+    pub async fn admit(&self, who: Seeker<'_>, room: &RoomId) -> Result<Member, ChatError> {
+        access::admit(self.store.as_ref(), self.shim.as_ref(), who, room).await
+    }
+
+    /// Occupancy of one room: distinct users and sockets.
+    pub async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, ChatError> {
+        self.presence
+            .stats(room)
+            .await
+            .map_err(|e| ChatError::internal("presence registry failed", &e))
+    }
+
+    /// Every occupied room with its occupancy.
+    pub async fn occupied(&self) -> Result<Vec<(RoomId, RoomStats)>, ChatError> {
+        self.presence
+            .occupied()
+            .await
+            .map_err(|e| ChatError::internal("presence registry failed", &e))
+    }
+
+    /// Takes every socket of a user out of `room` at once (e.g. removed from a group).
+    pub async fn evict(&self, room: &RoomId, user_key: &str) {
+        for socket in self.broadcaster.user_sockets(user_key) {
+            let Some(conn) = socket.extensions.get::<Arc<Conn>>() else { continue };
+            if let Some(member) = conn.remove(room) {
+                socket.leave(room.to_string());
+                self.left(&conn, room, &member).await;
+            }
+        }
     }
 
     /// A socket entered `room`: count it, and announce the user when it is their first socket there.

@@ -25,8 +25,26 @@ pub trait Presence: Send + Sync + 'static {
     async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Option<Member>, PresenceError>;
     /// One entry per member present, in the order they arrived.
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError>;
+    /// Distinct members and sockets in one room.
+    async fn stats(&self, room: &RoomId) -> Result<RoomStats, PresenceError>;
+    /// Every room with at least one socket, with its occupancy.
+    async fn occupied(&self) -> Result<Vec<(RoomId, RoomStats)>, PresenceError>;
     /// Rooms with at least one member (for metrics).
     fn occupied_rooms(&self) -> usize;
+}
+
+/// How full a room is: distinct users, and their sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomStats {
+    pub users: usize,
+    pub sockets: usize,
+}
+
+fn stats_of(members: &HashMap<String, Entry>) -> RoomStats {
+    RoomStats {
+        users: members.len(),
+        sockets: members.values().map(|e| e.sockets.len()).sum(),
+    }
 }
 
 struct Entry {
@@ -103,6 +121,15 @@ impl Presence for LocalPresence {
         Ok(entries.into_iter().map(|e| e.member.clone()).collect())
     }
 
+    async fn stats(&self, room: &RoomId) -> Result<RoomStats, PresenceError> {
+        Ok(self.lock().rooms.get(room).map(stats_of).unwrap_or_default())
+    }
+
+    async fn occupied(&self) -> Result<Vec<(RoomId, RoomStats)>, PresenceError> {
+        let state = self.lock();
+        Ok(state.rooms.iter().map(|(room, members)| (room.clone(), stats_of(members))).collect())
+    }
+
     fn occupied_rooms(&self) -> usize {
         self.lock().rooms.len()
     }
@@ -137,6 +164,7 @@ mod tests {
             .map(|m| m.key().to_owned())
             .collect();
         assert_eq!(keys, ["5", "7"]);
+        assert_eq!(p.stats(&room).await.expect("ok"), RoomStats { users: 2, sockets: 3 });
         assert_eq!(p.leave(&room, "5", "a").await.expect("ok"), None);
         assert_eq!(p.leave(&room, "5", "zzz").await.expect("ok"), None, "unknown socket");
         assert_eq!(p.leave(&room, "5", "b").await.expect("ok"), Some(member(5)));

@@ -8,7 +8,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
 };
@@ -16,9 +16,10 @@ use serde_json::{Value, json};
 
 use super::User;
 use crate::{
-    chat::{Chat, HISTORY_LATEST, HISTORY_MAX, message_reply},
-    domain::{Draft, RoomId},
+    chat::{Chat, HISTORY_LATEST, HISTORY_MAX, Seeker, message_reply},
+    domain::{Draft, Identity, Member, RoomId},
     error::ChatError,
+    pusher::{Forwarded, new_socket_id},
     store::PageQuery,
 };
 
@@ -26,6 +27,19 @@ pub fn router(max_body: usize) -> Router<Arc<Chat>> {
     Router::new()
         .route("/api/rooms/{room}/messages", get(list).post(send))
         .layer(DefaultBodyLimit::max(max_body))
+}
+
+/// REST has no socket: `private-`/`presence-` rooms ask the auth endpoint
+/// with a fresh socket id and the request's own Cookie and Authorization.
+async fn admit(chat: &Chat, identity: &Identity, headers: &HeaderMap, room: &RoomId) -> Result<Member, ChatError> {
+    let socket_id = new_socket_id();
+    let forwarded = Forwarded::from_headers(headers);
+    let who = Seeker {
+        identity,
+        socket_id: &socket_id,
+        forwarded: &forwarded,
+    };
+    chat.admit(who, room).await
 }
 
 fn id_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ChatError> {
@@ -43,6 +57,7 @@ fn id_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>,
 async fn list(
     State(chat): State<Arc<Chat>>,
     User(identity): User,
+    headers: HeaderMap,
     Path(room): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ChatError> {
@@ -63,7 +78,7 @@ async fn list(
             before: id_param(&params, "before")?,
             limit,
         };
-        chat.admit(&identity, &room).await?;
+        admit(&chat, &identity, &headers, &room).await?;
         let page = chat.page(&room, query).await?;
         Ok(Json(json!({ "messages": page.messages, "hasMore": page.has_more })))
     }
@@ -74,6 +89,7 @@ async fn list(
 async fn send(
     State(chat): State<Arc<Chat>>,
     User(identity): User,
+    headers: HeaderMap,
     Path(room): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ChatError> {
@@ -83,7 +99,7 @@ async fn send(
             serde_json::from_slice(&body).map_err(|e| ChatError::InvalidPayload(format!("body must be JSON: {e}")))?;
         let draft = Draft::parse(&data, Some(&room))?;
         let room = RoomId::parse(&draft.room)?;
-        chat.admit(&identity, &room).await?;
+        admit(&chat, &identity, &headers, &room).await?;
         let appended = chat.send(&identity, &room, draft).await?;
         let status = if appended.created {
             StatusCode::CREATED

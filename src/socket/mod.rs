@@ -15,10 +15,11 @@ use socketioxide::{
 
 use crate::{
     auth::AuthError,
-    broadcast::user_room,
+    broadcast::{socket_room, user_room},
     chat::{Chat, Conn, join_reply, message_reply},
     domain::{Draft, RoomId},
     error::ChatError,
+    pusher::{Forwarded, new_socket_id},
 };
 use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
 
@@ -71,15 +72,9 @@ fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), 
         .or_else(from_header)
         .ok_or(AuthError::Missing)?;
     let identity = chat.verifier.verify(&token)?;
-    s.extensions.insert(Arc::new(Conn::new(identity, pusher_socket_id())));
+    let forwarded = Forwarded::from_headers(&parts.headers);
+    s.extensions.insert(Arc::new(Conn::new(identity, new_socket_id(), forwarded)));
     Ok(())
-}
-
-/// Pusher's socket id format (`\d+\.\d+`), so the id works with Pusher auth.
-fn pusher_socket_id() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    format!("{}.{}", rng.random_range(1..u32::MAX), rng.random_range(1..u32::MAX))
 }
 
 fn conn_of(s: &SocketRef) -> Option<Arc<Conn>> {
@@ -93,7 +88,7 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         return;
     };
     chat.metrics.connections.inc();
-    s.join(user_room(conn.identity.user.key()));
+    s.join([user_room(conn.identity.user.key()), socket_room(&conn.socket_id)]);
     chat.broadcaster().send(
         &s,
         "session",
@@ -104,7 +99,7 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         let req = JoinRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
         if !conn.joined(&room) {
-            let member = chat.admit(&conn.identity, &room).await?;
+            let member = chat.admit(conn.seeker(), &room).await?;
             s.join(room.to_string());
             conn.insert(room.clone(), member.clone());
             chat.entered(&conn, &room, &member).await?;
