@@ -206,8 +206,21 @@ impl Ws {
     /// Opens the transport and sends CONNECT with `auth`; returns the client and
     /// the namespace answer (`Connect` or `ConnectError`).
     pub async fn connect(app: &TestApp, auth: Value) -> (Self, Sio) {
+        Self::connect_with_headers(app, auth, &[]).await
+    }
+
+    /// Like `connect`, with extra handshake headers (Cookie, Origin, …).
+    pub async fn connect_with_headers(app: &TestApp, auth: Value, headers: &[(&str, &str)]) -> (Self, Sio) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                value.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws connect");
         let mut c = Self {
             ws,
             buf: Vec::new(),

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod presence;
+mod pusher;
 mod rest;
 mod socket;
 mod typing;
