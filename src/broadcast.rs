@@ -90,7 +90,10 @@ impl Broadcaster {
 
     /// Every local socket of a user.
     pub fn user_sockets(&self, user_key: &str) -> Vec<SocketRef> {
-        self.io.of("/").map(|ns| ns.to(user_room(user_key)).sockets()).unwrap_or_default()
+        self.io
+            .of("/")
+            .map(|ns| ns.to(user_room(user_key)).sockets())
+            .unwrap_or_default()
     }
 
     /// Disconnects every socket of a user (Pusher `terminate_connections`).

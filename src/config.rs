@@ -286,7 +286,12 @@ mod tests {
         let base = ["--jwt-secret", "s"];
         let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
         assert!(with(&[]).expect("ok").pusher.is_none());
-        assert!(with(&["--pusher-app-id", "1", "--pusher-key", "k", "--pusher-secret", "x"]).expect("ok").pusher.is_some());
+        assert!(
+            with(&["--pusher-app-id", "1", "--pusher-key", "k", "--pusher-secret", "x"])
+                .expect("ok")
+                .pusher
+                .is_some()
+        );
         assert!(with(&["--pusher-app-id", "1"]).is_err());
         assert!(with(&["--pusher-auth-endpoint", "http://localhost:3000/api/pusher/auth"]).is_err());
     }

@@ -32,7 +32,9 @@ pub async fn admit(
             if me == a || me == b {
                 Ok(Member::from_identity(identity))
             } else {
-                Err(ChatError::Forbidden(format!("{room} is a direct room between users {a} and {b}")))
+                Err(ChatError::Forbidden(format!(
+                    "{room} is a direct room between users {a} and {b}"
+                )))
             }
         }
         RoomKind::Group(group) => {
@@ -52,7 +54,10 @@ pub async fn admit(
                     "private- and presence- rooms need PUSHER_AUTH_ENDPOINT, which is not configured".into(),
                 )
             })?;
-            match shim.authorize(who.socket_id, room, who.forwarded, &identity.token).await {
+            match shim
+                .authorize(who.socket_id, room, who.forwarded, &identity.token)
+                .await
+            {
                 Ok(Some(member)) => Ok(member),
                 Ok(None) => Ok(Member::from_identity(identity)),
                 Err(e @ ShimError::Failed(_)) => {

@@ -175,7 +175,9 @@ impl Chat {
     /// Takes every socket of a user out of `room` at once (e.g. removed from a group).
     pub async fn evict(&self, room: &RoomId, user_key: &str) {
         for socket in self.broadcaster.user_sockets(user_key) {
-            let Some(conn) = socket.extensions.get::<Arc<Conn>>() else { continue };
+            let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
+                continue;
+            };
             if let Some(member) = conn.remove(room) {
                 socket.leave(room.to_string());
                 self.left(&conn, room, &member).await;

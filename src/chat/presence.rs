@@ -127,7 +127,11 @@ impl Presence for LocalPresence {
 
     async fn occupied(&self) -> Result<Vec<(RoomId, RoomStats)>, PresenceError> {
         let state = self.lock();
-        Ok(state.rooms.iter().map(|(room, members)| (room.clone(), stats_of(members))).collect())
+        Ok(state
+            .rooms
+            .iter()
+            .map(|(room, members)| (room.clone(), stats_of(members)))
+            .collect())
     }
 
     fn occupied_rooms(&self) -> usize {

@@ -97,11 +97,18 @@ impl AuthShim {
         if let Some(cookie) = &forwarded.cookie {
             request = request.header(header::COOKIE, cookie);
         }
-        let authorization = forwarded.authorization.clone().unwrap_or_else(|| format!("Bearer {jwt}"));
+        let authorization = forwarded
+            .authorization
+            .clone()
+            .unwrap_or_else(|| format!("Bearer {jwt}"));
         request = request.header(header::AUTHORIZATION, authorization);
 
         let response = request.send().await.map_err(|e| {
-            let why = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
+            let why = if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                e.to_string()
+            };
             ShimError::Failed(why)
         })?;
         let status = response.status();
@@ -111,10 +118,7 @@ impl AuthShim {
         if !status.is_success() {
             return Err(ShimError::Denied(status));
         }
-        let answer: AuthAnswer = response
-            .json()
-            .await
-            .map_err(|_| ShimError::BadSignature)?;
+        let answer: AuthAnswer = response.json().await.map_err(|_| ShimError::BadSignature)?;
         let channel_data = answer.channel_data.as_deref();
         if !self
             .credentials

@@ -80,7 +80,10 @@ pub fn router(chat: Arc<Chat>, credentials: Credentials) -> Router {
         .route("/apps/{app_id}/channels/{name}", get(channel))
         .route("/apps/{app_id}/channels/{name}/users", get(users))
         .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(terminate))
-        .route("/apps/{app_id}/groups/{group}/members/{user_id}", put(add_member).delete(remove_member))
+        .route(
+            "/apps/{app_id}/groups/{group}/members/{user_id}",
+            put(add_member).delete(remove_member),
+        )
         .route_layer(middleware::from_fn_with_state(api.clone(), signed))
         .with_state(api)
 }
@@ -97,7 +100,14 @@ async fn signed(State(api): State<Api>, req: Request, next: Next) -> Response {
         return ApiError::NotFound(format!("Unknown app id {app_id}")).into_response();
     }
     let now = crate::clock::now_ms() / 1000;
-    if let Err(e) = verify(&api.credentials, &parts.method, parts.uri.path(), parts.uri.query(), &bytes, now) {
+    if let Err(e) = verify(
+        &api.credentials,
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        &bytes,
+        now,
+    ) {
         api.chat.metrics.error("unauthorized");
         return e.into_response();
     }
@@ -221,7 +231,12 @@ fn check(event: Event) -> Result<Checked, ApiError> {
     };
     let info = event
         .info
-        .map(|i| i.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+        .map(|i| {
+            i.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     Ok(Checked {
         name: event.name,
@@ -333,7 +348,11 @@ async fn channels(
         if !room.as_str().starts_with(prefix) || stats.sockets == 0 {
             continue;
         }
-        let entry = if wants_users { json!({ "user_count": stats.users }) } else { json!({}) };
+        let entry = if wants_users {
+            json!({ "user_count": stats.users })
+        } else {
+            json!({})
+        };
         out.insert(room.to_string(), entry);
     }
     Ok(Json(json!({ "channels": out })))
@@ -354,7 +373,9 @@ async fn channel(
         .map(|i| i.split(',').map(str::to_owned).collect())
         .unwrap_or_default();
     if info.iter().any(|i| i == "user_count") && !name.starts_with("presence-") {
-        return Err(ApiError::BadRequest("info=user_count is only valid for presence channels".into()));
+        return Err(ApiError::BadRequest(
+            "info=user_count is only valid for presence channels".into(),
+        ));
     }
     let stats = api.chat.room_stats(&room).await?;
     let mut out = Map::new();
@@ -365,13 +386,12 @@ async fn channel(
     Ok(Json(Value::Object(out)))
 }
 
-async fn users(
-    State(api): State<Api>,
-    Path((_app, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+async fn users(State(api): State<Api>, Path((_app, name)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     let room = channel_name(&name)?;
     if !name.starts_with("presence-") {
-        return Err(ApiError::BadRequest("Users are only available for presence channels".into()));
+        return Err(ApiError::BadRequest(
+            "Users are only available for presence channels".into(),
+        ));
     }
     let members = api.chat.members(&room).await?;
     let users: Vec<Value> = members.iter().map(|m| json!({ "id": m.key() })).collect();
@@ -406,7 +426,9 @@ async fn add_member(
         .store
         .set_group_member(&group, &user_id, true)
         .await
-        .map_err(|e| ApiError::Internal(crate::error::ChatError::internal("could not add group member", &e).to_string()))?;
+        .map_err(|e| {
+            ApiError::Internal(crate::error::ChatError::internal("could not add group member", &e).to_string())
+        })?;
     Ok(Json(json!({ "ok": true, "member": true })))
 }
 
@@ -419,7 +441,9 @@ async fn remove_member(
         .store
         .set_group_member(&group, &user_id, false)
         .await
-        .map_err(|e| ApiError::Internal(crate::error::ChatError::internal("could not remove group member", &e).to_string()))?;
+        .map_err(|e| {
+            ApiError::Internal(crate::error::ChatError::internal("could not remove group member", &e).to_string())
+        })?;
     api.chat.evict(&room, &user_id).await;
     Ok(Json(json!({ "ok": true, "member": false })))
 }
@@ -445,7 +469,14 @@ mod tests {
 
     #[test]
     fn accepts_pushers_documented_request() {
-        let r = verify(&creds(), &Method::POST, "/apps/3/events", Some(QUERY), BODY.as_bytes(), 1353088179);
+        let r = verify(
+            &creds(),
+            &Method::POST,
+            "/apps/3/events",
+            Some(QUERY),
+            BODY.as_bytes(),
+            1353088179,
+        );
         assert_eq!(status(r), "ok");
     }
 
@@ -458,12 +489,35 @@ mod tests {
         assert_eq!(post("/apps/3/events", QUERY, BODY, at + 601), "401", "stale");
         assert_eq!(post("/apps/3/events", QUERY, BODY, at - 601), "401", "from the future");
         assert_eq!(post("/apps/3/events", QUERY, BODY, at + 600), "ok", "inside the window");
-        assert_eq!(post("/apps/3/events", QUERY, &BODY.replace("foo", "bar"), at), "401", "body changed");
+        assert_eq!(
+            post("/apps/3/events", QUERY, &BODY.replace("foo", "bar"), at),
+            "401",
+            "body changed"
+        );
         assert_eq!(post("/apps/4/events", QUERY, BODY, at), "401", "path changed");
-        assert_eq!(post("/apps/3/events", &QUERY.replace("278d", "999d"), BODY, at), "401", "unknown key");
-        assert_eq!(post("/apps/3/events", &QUERY.replace("da45", "da46"), BODY, at), "401", "signature");
-        assert_eq!(post("/apps/3/events", &format!("{QUERY}&extra=1"), BODY, at), "401", "unsigned param");
-        let get = verify(&creds(), &Method::GET, "/apps/3/events", Some(QUERY), BODY.as_bytes(), at);
+        assert_eq!(
+            post("/apps/3/events", &QUERY.replace("278d", "999d"), BODY, at),
+            "401",
+            "unknown key"
+        );
+        assert_eq!(
+            post("/apps/3/events", &QUERY.replace("da45", "da46"), BODY, at),
+            "401",
+            "signature"
+        );
+        assert_eq!(
+            post("/apps/3/events", &format!("{QUERY}&extra=1"), BODY, at),
+            "401",
+            "unsigned param"
+        );
+        let get = verify(
+            &creds(),
+            &Method::GET,
+            "/apps/3/events",
+            Some(QUERY),
+            BODY.as_bytes(),
+            at,
+        );
         assert_eq!(status(get), "401", "method changed");
     }
 
@@ -472,10 +526,19 @@ mod tests {
         let event = |v: Value| check(serde_json::from_value(v).expect("event"));
         assert!(event(json!({"name": "e", "data": "{}", "channels": ["a"]})).is_ok());
         let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
-        assert!(matches!(event(json!({"name": "e", "data": "{}", "channels": many})), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            event(json!({"name": "e", "data": "{}", "channels": many})),
+            Err(ApiError::BadRequest(_))
+        ));
         let big = "x".repeat(MAX_EVENT_DATA + 1);
-        assert!(matches!(event(json!({"name": "e", "data": big, "channel": "a"})), Err(ApiError::TooLarge(_))));
-        assert!(matches!(event(json!({"name": "e", "data": "{}", "channel": "a b"})), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            event(json!({"name": "e", "data": big, "channel": "a"})),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert!(matches!(
+            event(json!({"name": "e", "data": "{}", "channel": "a b"})),
+            Err(ApiError::BadRequest(_))
+        ));
         assert!(matches!(
             event(json!({"name": "e", "data": "{}", "channel": "a", "socket_id": "x"})),
             Err(ApiError::BadRequest(_))

@@ -59,7 +59,11 @@ impl Credentials {
 
     /// The `auth` a Pusher auth endpoint must return for this subscription.
     pub fn channel_auth(&self, socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
-        format!("{}:{}", self.key, self.sign(&channel_string(socket_id, channel, channel_data)))
+        format!(
+            "{}:{}",
+            self.key,
+            self.sign(&channel_string(socket_id, channel, channel_data))
+        )
     }
 
     /// Checks an auth endpoint's `auth` value (`key:signature`) in constant time.
@@ -92,7 +96,11 @@ pub fn string_to_sign(method: &str, path: &str, params: &[(String, String)]) -> 
         .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
         .collect();
     pairs.sort();
-    let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let query = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     format!("{}\n{path}\n{query}", method.to_ascii_uppercase())
 }
 

@@ -73,7 +73,8 @@ fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), 
         .ok_or(AuthError::Missing)?;
     let identity = chat.verifier.verify(&token)?;
     let forwarded = Forwarded::from_headers(&parts.headers);
-    s.extensions.insert(Arc::new(Conn::new(identity, new_socket_id(), forwarded)));
+    s.extensions
+        .insert(Arc::new(Conn::new(identity, new_socket_id(), forwarded)));
     Ok(())
 }
 
