@@ -179,8 +179,11 @@ impl Config {
             .database_url
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "sqlite://./data/switchboard.db".to_owned());
-        if !database_url.starts_with("sqlite:") {
-            bail!("DATABASE_URL must be sqlite://PATH in this build (got a different scheme)");
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| database_url.starts_with(p))
+        {
+            bail!("DATABASE_URL must be sqlite://PATH or postgres://…");
         }
 
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {

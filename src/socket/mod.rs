@@ -23,22 +23,33 @@ use crate::{
 };
 use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
 
-/// Registers the `/` namespace: authentication middleware, then handlers.
+/// Registers the `/` namespace. The middleware authenticates and attaches the
+/// event handlers *before* socketioxide confirms the connection: the connect
+/// handler runs as a separate task after the confirmation, so handlers added
+/// there could miss an event the client sends the moment it is connected.
 pub fn register(io: &SocketIo, chat: Arc<Chat>) {
-    let for_auth = chat.clone();
-    let on_connect = move |s: SocketRef| {
-        let chat = chat.clone();
-        async move { connected(s, chat) }
+    let on_connect = async |s: SocketRef| {
+        if let Some(conn) = conn_of(&s) {
+            let _ = s.emit(
+                "session",
+                &json!({ "socketId": conn.socket_id, "userId": conn.identity.user }),
+            );
+        }
     };
     let authenticate = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let chat = for_auth.clone();
+        let chat = chat.clone();
         async move {
-            let result = authenticate(&s, auth.ok().as_ref(), &chat);
-            if let Err(e) = &result {
-                chat.metrics.error("unauthorized");
-                tracing::debug!(reason = %e, "handshake refused");
+            match authenticate(&s, auth.ok().as_ref(), &chat) {
+                Ok(conn) => {
+                    attach(&s, &chat, &conn);
+                    Ok(())
+                }
+                Err(e) => {
+                    chat.metrics.error("unauthorized");
+                    tracing::debug!(reason = %e, "handshake refused");
+                    Err(e)
+                }
             }
-            result
         }
     };
     io.ns("/", on_connect.with(authenticate));
@@ -46,7 +57,7 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>) {
 
 /// The token comes from `auth.token`, the `token` query parameter, or an
 /// `Authorization: Bearer` header, in that order.
-fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), AuthError> {
+fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<Arc<Conn>, AuthError> {
     let parts = s.req_parts();
     let from_auth = auth
         .and_then(|a| a.get("token"))
@@ -73,30 +84,21 @@ fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<(), 
         .ok_or(AuthError::Missing)?;
     let identity = chat.verifier.verify(&token)?;
     let forwarded = Forwarded::from_headers(&parts.headers);
-    s.extensions
-        .insert(Arc::new(Conn::new(identity, new_socket_id(), forwarded)));
-    Ok(())
+    let conn = Arc::new(Conn::new(identity, new_socket_id(), forwarded));
+    s.extensions.insert(conn.clone());
+    Ok(conn)
 }
 
 fn conn_of(s: &SocketRef) -> Option<Arc<Conn>> {
     s.extensions.get::<Arc<Conn>>()
 }
 
-fn connected(s: SocketRef, chat: Arc<Chat>) {
-    let Some(conn) = conn_of(&s) else {
-        // The middleware always inserts it; without it the socket has no identity.
-        let _ = s.disconnect();
-        return;
-    };
+/// Joins the socket's internal rooms and registers every client event.
+fn attach(s: &SocketRef, chat: &Arc<Chat>, conn: &Conn) {
     chat.metrics.connections.inc();
     s.join([user_room(conn.identity.user.key()), socket_room(&conn.socket_id)]);
-    chat.broadcaster().send(
-        &s,
-        "session",
-        &json!({ "socketId": conn.socket_id, "userId": conn.identity.user }),
-    );
 
-    on(&s, &chat, "join-room", |chat, s, conn, data| async move {
+    on(s, chat, "join-room", |chat, s, conn, data| async move {
         let req = JoinRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
         if !conn.joined(&room) {
@@ -116,7 +118,7 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         Ok(join_reply(&room, &members, &page))
     });
 
-    on(&s, &chat, "leave-room", |chat, s, conn, data| async move {
+    on(s, chat, "leave-room", |chat, s, conn, data| async move {
         let room = RoomId::parse(&RoomRequest::parse(&data)?.room)?;
         if let Some(member) = conn.remove(&room) {
             s.leave(room.to_string());
@@ -125,7 +127,7 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         Ok(json!({ "ok": true }))
     });
 
-    on(&s, &chat, "send-message", |chat, _s, conn, data| async move {
+    on(s, chat, "send-message", |chat, _s, conn, data| async move {
         let draft = Draft::parse(&data, None)?;
         let room = RoomId::parse(&draft.room)?;
         if !conn.joined(&room) {
@@ -135,7 +137,7 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         Ok(message_reply(&appended.message))
     });
 
-    on(&s, &chat, "typing", |chat, _s, conn, data| async move {
+    on(s, chat, "typing", |chat, _s, conn, data| async move {
         let req = TypingRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
         if !conn.joined(&room) {
@@ -145,6 +147,7 @@ fn connected(s: SocketRef, chat: Arc<Chat>) {
         Ok(json!({ "ok": true }))
     });
 
+    let chat = chat.clone();
     s.on_disconnect(move |s: SocketRef| {
         let chat = chat.clone();
         async move {

@@ -2,13 +2,17 @@
 //! `(room, sender, clientId)`; pages by id) and group membership. The chat logic
 //! only sees [`Store`]; each engine is one implementation.
 
+mod postgres;
+mod sql;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
-use serde_json::Value;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::{
@@ -63,6 +67,28 @@ pub struct Page {
     pub has_more: bool,
 }
 
+impl Page {
+    /// Builds a page from `limit + 1` rows read in the query's direction.
+    fn from_rows<R>(
+        rows: &[R],
+        q: PageQuery,
+        read: impl Fn(&R) -> Result<StoredMessage, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let mut messages = rows
+            .iter()
+            .take(q.limit as usize)
+            .map(read)
+            .collect::<Result<Vec<_>, _>>()?;
+        if q.after.is_none() {
+            messages.reverse();
+        }
+        Ok(Page {
+            has_more: rows.len() > q.limit as usize,
+            messages,
+        })
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
@@ -75,7 +101,11 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store named by `DATABASE_URL` and runs its migrations.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SqliteStore::open(url).await?))
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    }
 }
 
 /// Times every store call into the `switchboard_store_seconds` histogram.
@@ -119,8 +149,4 @@ impl Store for Metered {
     async fn close(&self) {
         self.inner.close().await
     }
-}
-
-fn user_json(raw: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("user_json {raw:?}: {e}")))
 }

@@ -1,0 +1,446 @@
+// Shared helpers for the switchboard compatibility suite.
+//
+// Everything here has a timeout: no helper waits forever. Sockets made by
+// `connect()` and servers made by `startServer()` are tracked so that the
+// `closeSockets()` / `stopServers()` hooks (and a last-resort process 'exit'
+// handler) always release them and the runner can exit.
+
+import { spawn } from 'node:child_process'
+import { createHmac, randomBytes } from 'node:crypto'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { io } from 'socket.io-client'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+export const REPO_ROOT = path.resolve(here, '..', '..')
+export const BIN = process.env.SWITCHBOARD_BIN || path.join(REPO_ROOT, 'target', 'release', 'switchboard')
+
+export const SECRET = 'compat-test-secret-0123456789abcdef'
+export const TRANSPORTS = [
+  { name: 'websocket', transports: ['websocket'] },
+  { name: 'polling+upgrade', transports: undefined },
+]
+export const ERROR_CODES = [
+  'unauthorized',
+  'forbidden',
+  'invalid_payload',
+  'invalid_room',
+  'not_joined',
+  'rate_limited',
+  'too_large',
+  'internal',
+]
+
+// Variables that must not leak from the developer's shell into the server.
+const SCRUBBED_ENV = [
+  'PORT',
+  'HOST',
+  'DATABASE_URL',
+  'JWT_SECRET',
+  'JWT_PUBLIC_KEY',
+  'REDIS_URL',
+  'ALLOWED_ORIGINS',
+  'PUSHER_APP_ID',
+  'PUSHER_KEY',
+  'PUSHER_SECRET',
+  'PUSHER_AUTH_ENDPOINT',
+  'RATE_LIMIT_PER_SEC',
+  'RATE_LIMIT_BURST',
+  'MAX_EVENT_BYTES',
+  'TYPING_TIMEOUT_MS',
+  'SHUTDOWN_TIMEOUT_SECS',
+]
+
+const liveServers = new Set()
+const liveSockets = new Set()
+const tempDirs = new Set()
+
+process.on('exit', () => {
+  for (const s of liveServers) {
+    try {
+      s.proc.kill('SIGKILL')
+    } catch {}
+  }
+  for (const d of tempDirs) {
+    try {
+      rmSync(d, { recursive: true, force: true })
+    } catch {}
+  }
+})
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+export function makeTempDir(prefix = 'sb-compat-') {
+  const d = mkdtempSync(path.join(tmpdir(), prefix))
+  tempDirs.add(d)
+  return d
+}
+
+export async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+/** Races a promise against a timer; rejects with `what` on timeout. */
+export function withTimeout(promise, ms, what = 'operation') {
+  let timer
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timeout after ${ms} ms: ${what}`)), ms)
+    }),
+  ])
+}
+
+/**
+ * Builds the environment for a server process: scrubbed parent env + defaults
+ * + `env` (a value of `undefined`/`null` removes the variable).
+ */
+function buildEnv({ port, host, dbUrl, env = {} }) {
+  const out = { ...process.env }
+  for (const k of SCRUBBED_ENV) delete out[k]
+  Object.assign(out, {
+    PORT: String(port),
+    HOST: host,
+    DATABASE_URL: dbUrl,
+    JWT_SECRET: SECRET,
+    RUST_LOG: process.env.RUST_LOG || 'info',
+  })
+  for (const [k, v] of Object.entries(env)) {
+    if (v === undefined || v === null) delete out[k]
+    else out[k] = String(v)
+  }
+  return out
+}
+
+/**
+ * Spawns the switchboard binary without waiting for readiness.
+ * Returns { proc, output(), exited (promise of {code, signal}), port, url, env, cwd }.
+ */
+export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl } = {}) {
+  port ??= await freePort()
+  const dir = makeTempDir()
+  cwd ??= dir
+  dbUrl ??= `sqlite://${path.join(dir, 'db.sqlite')}`
+  const fullEnv = buildEnv({ port, host: '127.0.0.1', dbUrl, env })
+  const proc = spawn(BIN, args, { env: fullEnv, cwd, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  proc.stdout.setEncoding('utf8')
+  proc.stderr.setEncoding('utf8')
+  proc.stdout.on('data', (d) => (stdout += d))
+  proc.stderr.on('data', (d) => (stderr += d))
+  const exited = new Promise((resolve) => {
+    proc.on('error', (err) => {
+      stderr += `\n[spawn error] ${err.message}\n`
+      resolve({ code: null, signal: null, error: err })
+    })
+    proc.on('exit', (code, signal) => resolve({ code, signal }))
+  })
+  const handle = {
+    proc,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    env: fullEnv,
+    cwd,
+    dir,
+    dbUrl: fullEnv.DATABASE_URL,
+    exited,
+    exitInfo: null,
+    output: () => `--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`,
+    stdout: () => stdout,
+    stderr: () => stderr,
+  }
+  exited.then((info) => {
+    handle.exitInfo = info
+    liveServers.delete(handle)
+    // SB_LOG_DIR=/some/dir keeps every server's output for debugging
+    if (process.env.SB_LOG_DIR) {
+      try {
+        mkdirSync(process.env.SB_LOG_DIR, { recursive: true })
+        writeFileSync(path.join(process.env.SB_LOG_DIR, `server-${port}.log`), handle.output())
+      } catch {}
+    }
+  })
+  liveServers.add(handle)
+  return handle
+}
+
+/**
+ * Starts the server and waits until GET /healthz answers 200 (20 s max).
+ * `env` entries override the defaults (PORT, HOST, DATABASE_URL, JWT_SECRET);
+ * pass `dbUrl` to reuse a database (e.g. after a restart).
+ */
+export async function startServer({ env = {}, args = [], dbUrl, port, cwd, readyTimeoutMs = 20000 } = {}) {
+  const h = await spawnServer({ env, args, dbUrl, port, cwd })
+  const deadline = Date.now() + readyTimeoutMs
+  let lastErr = 'no answer'
+  for (;;) {
+    if (h.exitInfo) {
+      throw new Error(`server exited before ready (${JSON.stringify(h.exitInfo)})\n${h.output()}`)
+    }
+    try {
+      const res = await fetch(`${h.url}/healthz`, { signal: AbortSignal.timeout(1000) })
+      await res.text()
+      if (res.status === 200) break
+      lastErr = `status ${res.status}`
+    } catch (e) {
+      lastErr = e.message
+    }
+    if (Date.now() > deadline) {
+      h.proc.kill('SIGKILL')
+      throw new Error(`server not healthy within ${readyTimeoutMs} ms (${lastErr})\n${h.output()}`)
+    }
+    await sleep(100)
+  }
+  h.stop = (timeoutMs = 20000) => stopProc(h, 'SIGTERM', timeoutMs)
+  h.kill9 = () => stopProc(h, 'SIGKILL', 5000)
+  return h
+}
+
+async function stopProc(h, signal, timeoutMs) {
+  if (h.exitInfo) return h.exitInfo
+  try {
+    h.proc.kill(signal)
+  } catch {}
+  try {
+    return await withTimeout(h.exited, timeoutMs, `server exit after ${signal}`)
+  } catch (e) {
+    try {
+      h.proc.kill('SIGKILL')
+    } catch {}
+    await withTimeout(h.exited, 5000, 'server exit after SIGKILL').catch(() => {})
+    throw e
+  }
+}
+
+/** Stops every server still running (SIGTERM, then SIGKILL). For after() hooks. */
+export async function stopServers() {
+  await Promise.all(
+    [...liveServers].map(async (h) => {
+      if (h.stop) await h.stop(15000).catch(() => {})
+      else {
+        try {
+          h.proc.kill('SIGKILL')
+        } catch {}
+        await withTimeout(h.exited, 5000, 'exit').catch(() => {})
+      }
+    }),
+  )
+}
+
+// ---------------------------------------------------------------- JWT
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url')
+
+/**
+ * Signs `claims` as a JWT. Default HS256 with the suite's SECRET.
+ * `alg: 'none'` makes an unsigned token; `header` overrides header fields.
+ */
+export function token(claims, { secret = SECRET, alg = 'HS256', header = {} } = {}) {
+  const head = b64url(JSON.stringify({ alg, typ: 'JWT', ...header }))
+  const body = b64url(JSON.stringify(claims))
+  const input = `${head}.${body}`
+  if (alg === 'none') return `${input}.`
+  const hashes = { HS256: 'sha256', HS384: 'sha384', HS512: 'sha512' }
+  const hash = hashes[alg]
+  if (!hash) throw new Error(`unsupported alg ${alg}`)
+  const sig = createHmac(hash, secret).update(input).digest('base64url')
+  return `${input}.${sig}`
+}
+
+/** A fresh token for user `id` with optional profile claims. */
+export const userToken = (id, profile = {}) => token({ sub: id, ...profile })
+
+let idCounter = 1000 + Math.floor(Math.random() * 1000) * 1000
+/** Unique numeric user ids (never reused within one test process). */
+export function ids(n = 1) {
+  return Array.from({ length: n }, () => ++idCounter)
+}
+export function uniqueRoom(prefix = 'room') {
+  return `${prefix}_${Date.now().toString(36)}_${randomBytes(4).toString('hex')}`
+}
+export const dmRoom = (a, b) => `chat-${Math.min(a, b)}-${Math.max(a, b)}`
+
+// ---------------------------------------------------------------- sockets
+
+/**
+ * Connects a Socket.IO client and resolves once connected (rejects on
+ * connect_error with the error, whose `.message` is the server's message).
+ * The socket records every incoming event in `socket.received` and exposes
+ * `socket.session` (a promise of the `session` payload, 2 s max).
+ */
+export function connect(url, { token: tok, transports, timeoutMs = 5000, auth, ...opts } = {}) {
+  const socket = io(url, {
+    forceNew: true,
+    reconnection: false,
+    timeout: timeoutMs,
+    ...(transports ? { transports } : {}),
+    ...(auth ? { auth } : tok !== undefined ? { auth: { token: tok } } : {}),
+    ...opts,
+  })
+  liveSockets.add(socket)
+  socket.received = []
+  socket.onAny((event, ...args) => socket.received.push({ event, args, at: Date.now() }))
+  const sessionP = new Promise((resolve) => socket.once('session', resolve))
+  socket.session = withTimeout(sessionP, 2000, 'session event')
+  socket.session.catch(() => {}) // not awaited by every test
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      socket.once('connect', () => resolve(socket))
+      socket.once('connect_error', (err) => {
+        socket.close()
+        liveSockets.delete(socket)
+        reject(err)
+      })
+    }),
+    timeoutMs + 1000,
+    'socket connect',
+  ).catch((e) => {
+    socket.close()
+    liveSockets.delete(socket)
+    throw e
+  })
+}
+
+/**
+ * Attempts a connection that is expected to fail; resolves with the
+ * connect_error (rejects if it connects instead).
+ */
+export async function connectError(url, opts) {
+  let s
+  try {
+    s = await connect(url, opts)
+  } catch (err) {
+    return err
+  }
+  s.close()
+  throw new Error('connection unexpectedly succeeded')
+}
+
+/** Connect as numeric/string user `id` (with optional profile claims). */
+export function connectAs(url, id, { profile = {}, ...opts } = {}) {
+  return connect(url, { token: userToken(id, profile), ...opts })
+}
+
+export function closeSockets() {
+  for (const s of liveSockets) {
+    try {
+      s.close()
+    } catch {}
+  }
+  liveSockets.clear()
+}
+
+/** Emits `event` with `payload` and resolves with the ack (2 s default). */
+export function emitAck(socket, event, payload, timeoutMs = 2000) {
+  return emitAckArgs(socket, event, [payload], timeoutMs)
+}
+
+/** Like emitAck but with an explicit argument list (may be empty). */
+export function emitAckArgs(socket, event, args, timeoutMs = 2000) {
+  return withTimeout(
+    new Promise((resolve) => socket.emit(event, ...args, (...ack) => resolve(ack[0]))),
+    timeoutMs,
+    `ack for ${event} ${JSON.stringify(args).slice(0, 200)} (socket ${socket.id}, ${socket.io?.engine?.transport?.name})`,
+  )
+}
+
+/** Resolves with the first payload of `event` that matches `predicate`. */
+export function waitFor(socket, event, predicate = () => true, timeoutMs = 2000) {
+  let handler
+  return withTimeout(
+    new Promise((resolve) => {
+      handler = (...args) => {
+        let ok = false
+        try {
+          ok = predicate(...args)
+        } catch {}
+        if (ok) resolve(args[0])
+      }
+      socket.on(event, handler)
+    }),
+    timeoutMs,
+    `event ${event}`,
+  ).finally(() => socket.off(event, handler))
+}
+
+/**
+ * Resolves after `ms` if no `event` (matching `predicate`) arrived; rejects
+ * with the payload otherwise.
+ */
+export function expectNone(socket, event, ms = 500, predicate = () => true) {
+  return new Promise((resolve, reject) => {
+    const handler = (...args) => {
+      let hit = false
+      try {
+        hit = predicate(...args)
+      } catch {}
+      if (hit) {
+        clearTimeout(timer)
+        socket.off(event, handler)
+        reject(new Error(`unexpected ${event}: ${JSON.stringify(args)}`))
+      }
+    }
+    const timer = setTimeout(() => {
+      socket.off(event, handler)
+      resolve()
+    }, ms)
+    socket.on(event, handler)
+  })
+}
+
+/** Payloads of `event` this socket received so far (matching `predicate`). */
+export function receivedOf(socket, event, predicate = () => true) {
+  return socket.received.filter((r) => r.event === event && predicate(r.args[0])).map((r) => r.args[0])
+}
+
+/** Joins and asserts ok; returns the ack. */
+export async function join(socket, roomId, extra = {}) {
+  const ack = await emitAck(socket, 'join-room', { roomId, ...extra })
+  if (!ack || ack.ok !== true) throw new Error(`join-room ${roomId} failed: ${JSON.stringify(ack)}`)
+  return ack
+}
+
+/** Sends a message and asserts ok; returns the stored message. */
+export async function send(socket, roomId, message, extra = {}) {
+  const ack = await emitAck(socket, 'send-message', { roomId, message, ...extra })
+  if (!ack || ack.ok !== true) throw new Error(`send-message failed: ${JSON.stringify(ack)}`)
+  return ack.message
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/**
+ * Small fetch wrapper: { status, headers, body (parsed JSON when possible), text }.
+ */
+export async function http(url, { method = 'GET', token: tok, body, headers = {}, raw, timeoutMs = 5000 } = {}) {
+  const h = { ...headers }
+  if (tok) h.authorization = `Bearer ${tok}`
+  let payload
+  if (raw !== undefined) payload = raw
+  else if (body !== undefined) {
+    payload = JSON.stringify(body)
+    h['content-type'] ??= 'application/json'
+  }
+  const res = await fetch(url, { method, headers: h, body: payload, signal: AbortSignal.timeout(timeoutMs) })
+  const text = await res.text()
+  let json
+  try {
+    json = JSON.parse(text)
+  } catch {}
+  return { status: res.status, headers: res.headers, body: json, text }
+}
+
+export const isDecimalId = (id) => typeof id === 'string' && /^[1-9]\d*$/.test(id)
+export const cmpId = (a, b) => (BigInt(a) < BigInt(b) ? -1 : BigInt(a) > BigInt(b) ? 1 : 0)

@@ -1,0 +1,413 @@
+// CONTRACT §5 "Auth shim", §3 (private-/presence- rooms), §7 "Pusher" and
+// "Events" (presence members), design3 "Auth shim": joining private-X /
+// presence-X makes the server ask the app's legacy auth route, here the fake
+// Next.js app (test/fake-next-app.mjs) signing with the real `pusher` SDK.
+import assert from 'node:assert/strict'
+import { after, afterEach, before, describe, test } from 'node:test'
+import {
+  closeSockets,
+  connect,
+  emitAck,
+  expectNone,
+  http,
+  join,
+  send,
+  startServer,
+  stopServers,
+  uniqueRoom,
+  userToken,
+  waitFor,
+} from './helpers.mjs'
+import { ALICE, CAROL, startFakeApp } from './fake-next-app.mjs'
+import { RELAXED_LIMITS, pusherEnv } from './pusher-helpers.mjs'
+
+const DM = 'private-chat-5-12'
+const SOCKET_ID_RE = /^\d+\.\d+$/
+const JOIN_MS = 4000
+
+let app
+let srv
+
+before(async () => {
+  app = await startFakeApp()
+  srv = await startServer({ env: pusherEnv({ authEndpoint: app.authUrl }) })
+})
+afterEach(() => {
+  closeSockets()
+  app.reset()
+})
+after(async () => {
+  await stopServers()
+  await app?.close()
+})
+
+/**
+ * Connects as legacy user `uid` with the JWT (sub = uid, a number) and, unless
+ * `cookie: null`, the legacy session cookie in the handshake. Node clients need
+ * `extraHeaders` for that; the polling transport is the default here.
+ */
+function asUser(uid, { cookie = `uid=${uid}`, transports = ['polling'], url = srv.url, tok, headers = {}, ...opts } = {}) {
+  const extraHeaders = { ...headers, ...(cookie ? { Cookie: cookie } : {}) }
+  return connect(url, {
+    token: tok ?? userToken(uid),
+    transports,
+    ...(Object.keys(extraHeaders).length ? { extraHeaders } : {}),
+    ...opts,
+  })
+}
+
+const joinAck = (s, roomId, ms = JOIN_MS) => emitAck(s, 'join-room', { roomId }, ms)
+const byUserId = (members) => [...members].sort((x, y) => String(x.userId).localeCompare(String(y.userId)))
+const onlineOf = (e) => ({ roomId: e.roomId, userId: e.userId, online: e.online })
+const aliceMember = { userId: '5', username: ALICE.username, fullName: ALICE.fullName }
+const carolMember = { userId: '12', username: CAROL.username, fullName: CAROL.fullName }
+
+function assertError(ack, code, what) {
+  assert.equal(ack?.ok, false, `${what}: expected ok:false, got ${JSON.stringify(ack)}`)
+  assert.equal(ack.error?.code, code, `${what}: expected ${code}, got ${JSON.stringify(ack)}`)
+  assert.equal(typeof ack.error.message, 'string', `${what}: error.message must be a string`)
+}
+
+/** A send into a room the socket was refused: it is not in the room (not_joined, or forbidden). */
+async function assertNotIn(s, roomId, what) {
+  const ack = await emitAck(s, 'send-message', { roomId, message: 'x' })
+  assert.equal(ack?.ok, false, `${what}: ${JSON.stringify(ack)}`)
+  assert.ok(['not_joined', 'forbidden'].includes(ack.error?.code), `${what}: ${JSON.stringify(ack)}`)
+}
+
+describe('auth shim: private rooms', () => {
+  for (const transports of [['polling'], ['websocket']]) {
+    test(`uid=5 joins ${DM}; the app gets one form post with the session socket id, the cookie and a Bearer JWT [${transports}]`, async () => {
+      const tok = userToken(5)
+      const s = await asUser(5, { transports, tok, cookie: 'theme=dark; uid=5' })
+      const { socketId } = await s.session
+      assert.match(socketId, SOCKET_ID_RE)
+      const ack = await joinAck(s, DM)
+      assert.equal(ack.ok, true, JSON.stringify(ack))
+      assert.equal(ack.roomId, DM)
+      assert.ok(Array.isArray(ack.members) && Array.isArray(ack.history), JSON.stringify(ack))
+
+      const mine = app.requestsFor((f) => f.socket_id === socketId)
+      assert.equal(mine.length, 1, `one auth request per join, got ${JSON.stringify(app.requests)}`)
+      const r = mine[0]
+      assert.equal(r.method, 'POST')
+      assert.equal(r.url, '/api/pusher/auth')
+      assert.match(String(r.headers['content-type']), /^application\/x-www-form-urlencoded/i)
+      assert.deepEqual(Object.keys(r.form).sort(), ['channel_name', 'socket_id'], `body: ${r.body}`)
+      assert.deepEqual(r.form, { socket_id: socketId, channel_name: DM })
+      // the handshake's Cookie is forwarded as is; no Authorization in the
+      // handshake -> the connection's JWT as a Bearer token
+      assert.equal(r.headers.cookie, 'theme=dark; uid=5')
+      assert.equal(r.headers.authorization, `Bearer ${tok}`)
+      // admitted for real: messages flow in the room
+      const m = await send(s, DM, 'hello carol')
+      assert.equal(m.roomId, DM)
+      assert.equal(m.userId, 5)
+    })
+  }
+
+  test(`uid=7 (bob) is refused ${DM} -> forbidden; the connection stays`, async () => {
+    const s = await asUser(7)
+    const { socketId } = await s.session
+    const ack = await joinAck(s, DM)
+    assertError(ack, 'forbidden', `bob joining ${DM}`)
+    assert.equal(app.requestsFor((f) => f.socket_id === socketId && f.channel_name === DM).length, 1)
+    await assertNotIn(s, DM, 'send after refusal')
+    assert.equal(s.connected, true)
+    await join(s, uniqueRoom('after_forbidden'))
+  })
+
+  test('no cookie: the shim sends Authorization: Bearer <the connection JWT> and no Cookie', async () => {
+    const tok = userToken(12)
+    const s = await asUser(12, { cookie: null, tok })
+    const { socketId } = await s.session
+    const ack = await joinAck(s, DM)
+    assert.equal(ack.ok, true, JSON.stringify(ack))
+    const [r] = await app.waitForRequests(1, 1000, (f) => f.socket_id === socketId)
+    assert.equal(r.headers.authorization, `Bearer ${tok}`)
+    assert.equal(r.headers.cookie, undefined)
+    assert.deepEqual(r.form, { socket_id: socketId, channel_name: DM })
+  })
+
+  test('no cookie, bob by Bearer JWT -> forbidden (the app decides with the forwarded token)', async () => {
+    const s = await asUser(7, { cookie: null })
+    assertError(await joinAck(s, DM), 'forbidden', 'bob by bearer')
+  })
+
+  test("a handshake Authorization header (the client's token) is forwarded", async () => {
+    const tok = userToken(5)
+    // token only in the header (CONTRACT §2), no auth payload
+    const s = await connect(srv.url, { transports: ['polling'], extraHeaders: { Authorization: `Bearer ${tok}` } })
+    const { socketId, userId } = await s.session
+    assert.equal(userId, 5)
+    const ack = await joinAck(s, DM)
+    assert.equal(ack.ok, true, JSON.stringify(ack))
+    const [r] = await app.waitForRequests(1, 1000, (f) => f.socket_id === socketId)
+    assert.equal(r.headers.authorization, `Bearer ${tok}`)
+  })
+
+  test('a second tab asks again with its own socket id; both tabs get the room traffic', async () => {
+    const carol = await asUser(12)
+    await join(carol, DM)
+    const a1 = await asUser(5)
+    const a2 = await asUser(5)
+    const id1 = (await a1.session).socketId
+    const id2 = (await a2.session).socketId
+    assert.notEqual(id1, id2)
+    assert.equal((await joinAck(a1, DM)).ok, true)
+    assert.equal((await joinAck(a2, DM)).ok, true)
+    const forDm = app.requestsFor((f) => f.channel_name === DM && (f.socket_id === id1 || f.socket_id === id2))
+    assert.deepEqual(forDm.map((r) => r.form.socket_id).sort(), [id1, id2].sort())
+    // joining again a room already joined answers ok (CONTRACT §7); it may or may not ask again
+    const got1 = waitFor(a1, 'new-message', (m) => m.message === 'to both tabs')
+    const got2 = waitFor(a2, 'new-message', (m) => m.message === 'to both tabs')
+    await send(carol, DM, 'to both tabs')
+    assert.equal((await got1).userId, 12)
+    assert.equal((await got2).userId, 12)
+  })
+
+  test('a signature made with another secret -> forbidden; another key -> forbidden; then a good one -> ok', async () => {
+    const s = await asUser(5)
+    app.mode = 'wrong-signature'
+    assertError(await joinAck(s, DM), 'forbidden', 'wrong secret')
+    app.mode = 'wrong-key'
+    assertError(await joinAck(s, DM), 'forbidden', 'wrong key')
+    await assertNotIn(s, DM, 'send after refusal')
+    app.mode = 'ok'
+    assert.equal((await joinAck(s, DM)).ok, true)
+  })
+
+  test('a wrongly signed presence answer -> forbidden', async () => {
+    const s = await asUser(5)
+    app.mode = 'wrong-signature'
+    assertError(await joinAck(s, uniqueRoom('presence-badsig')), 'forbidden', 'presence wrong secret')
+  })
+
+  for (const status of [401, 404]) {
+    test(`a ${status} from the app -> forbidden`, async () => {
+      const s = await asUser(5)
+      app.mode = 'status'
+      app.status = status
+      assertError(await joinAck(s, DM), 'forbidden', `status ${status}`)
+    })
+  }
+
+  test('a 500 from the app -> internal, message starting "auth endpoint failed"; the connection stays', async () => {
+    const s = await asUser(5)
+    app.mode = 'error500'
+    const ack = await joinAck(s, DM)
+    assertError(ack, 'internal', '500')
+    assert.ok(ack.error.message.startsWith('auth endpoint failed'), `message: ${JSON.stringify(ack.error.message)}`)
+    assert.equal(s.connected, true)
+    app.mode = 'ok'
+    assert.equal((await joinAck(s, DM)).ok, true)
+  })
+
+  test('a slow app (> 5 s) -> internal within ~6 s; the socket stays usable and is not admitted later', async () => {
+    const carol = await asUser(12)
+    await join(carol, DM)
+    const s = await asUser(5)
+    app.mode = 'slow'
+    app.delayMs = 7000
+    const t0 = Date.now()
+    const ack = await joinAck(s, DM, 6500)
+    const elapsed = Date.now() - t0
+    assertError(ack, 'internal', 'slow endpoint')
+    assert.ok(ack.error.message.startsWith('auth endpoint failed'), `message: ${JSON.stringify(ack.error.message)}`)
+    assert.ok(elapsed >= 4000, `timed out after only ${elapsed} ms (contract: 5 s)`)
+    assert.equal(s.connected, true)
+    const room = uniqueRoom('after_timeout')
+    await join(s, room)
+    await send(s, room, 'still here')
+    // the late answer (at 7 s) must not admit the socket afterwards
+    const quiet = expectNone(s, 'new-message', 2000, (m) => m.roomId === DM)
+    await new Promise((r) => setTimeout(r, 1200))
+    await send(carol, DM, 'after the late answer')
+    await quiet
+    await assertNotIn(s, DM, 'timed-out join')
+  })
+
+  test('one auth request per join, nothing cached: join, leave, join asks twice with the same socket id', async () => {
+    const s = await asUser(5)
+    const { socketId } = await s.session
+    assert.equal((await joinAck(s, DM)).ok, true)
+    assert.equal((await emitAck(s, 'leave-room', { roomId: DM })).ok, true)
+    assert.equal((await joinAck(s, DM)).ok, true)
+    assert.equal(app.requestsFor((f) => f.socket_id === socketId && f.channel_name === DM).length, 2)
+    // the app changes its mind (e.g. the user was blocked): the next join is refused
+    assert.equal((await emitAck(s, 'leave-room', { roomId: DM })).ok, true)
+    app.mode = 'status'
+    app.status = 403
+    assertError(await joinAck(s, DM), 'forbidden', 'no cached admission')
+  })
+
+  // 2xx answers that are not a valid authorization for THIS socket and channel
+  const badAnswers = {
+    'an empty JSON object': () => [200, {}],
+    'a non-JSON body': () => [200, 'ok'],
+    'auth without the key prefix': ({ form, sdk }) => [200, { auth: sdk.authorizeChannel(form.socket_id, form.channel_name).auth.split(':')[1] }],
+    'a signature for another socket id': ({ form, sdk }) => [200, sdk.authorizeChannel('1234.5678', form.channel_name)],
+    'a signature for another channel': ({ form, sdk }) => [200, sdk.authorizeChannel(form.socket_id, 'private-chat-5-7')],
+  }
+  for (const [what, answer] of Object.entries(badAnswers)) {
+    test(`a 2xx with ${what} -> forbidden`, async () => {
+      const s = await asUser(5)
+      app.mode = 'custom'
+      app.custom = answer
+      assertError(await joinAck(s, DM), 'forbidden', what)
+      await assertNotIn(s, DM, what)
+    })
+  }
+
+  test('presence: channel_data changed after signing -> forbidden; a presence answer without channel_data -> forbidden', async () => {
+    const s = await asUser(5)
+    const room = uniqueRoom('presence-tamper')
+    app.mode = 'custom'
+    app.custom = ({ form, sdk }) => {
+      const signed = sdk.authorizeChannel(form.socket_id, form.channel_name, { user_id: '5', user_info: { username: 'alice' } })
+      return [200, { ...signed, channel_data: JSON.stringify({ user_id: '1', user_info: { username: 'admin' } }) }]
+    }
+    assertError(await joinAck(s, room), 'forbidden', 'tampered channel_data')
+    app.custom = ({ form, sdk }) => [200, sdk.authorizeChannel(form.socket_id, form.channel_name)]
+    assertError(await joinAck(s, room), 'forbidden', 'presence without channel_data')
+  })
+
+  test('REST on a private room runs the shim with a fresh socket id and the request Cookie/Authorization', async () => {
+    const carol = await asUser(12)
+    await join(carol, DM)
+    const tok = userToken(5)
+    const url = `${srv.url}/api/rooms/${encodeURIComponent(DM)}/messages`
+    const got = await http(url, { token: tok, headers: { cookie: 'uid=5' } })
+    assert.equal(got.status, 200, got.text)
+    assert.ok(Array.isArray(got.body?.messages), got.text)
+    const r = app.requests.at(-1)
+    assert.equal(r?.form.channel_name, DM, JSON.stringify(app.requests))
+    assert.match(r.form.socket_id, SOCKET_ID_RE)
+    assert.equal(r.headers.cookie, 'uid=5')
+    assert.equal(r.headers.authorization, `Bearer ${tok}`)
+
+    const seen = waitFor(carol, 'new-message', (m) => m.message === 'over http')
+    const post = await http(url, { method: 'POST', token: tok, headers: { cookie: 'uid=5' }, body: { message: 'over http' } })
+    assert.equal(post.status, 201, post.text)
+    assert.equal((await seen).userId, 5)
+
+    const bob = await http(url, { token: userToken(7), headers: { cookie: 'uid=7' } })
+    assert.equal(bob.status, 403, bob.text)
+    assert.equal(bob.body?.error?.code, 'forbidden')
+    const bobPost = await http(url, { method: 'POST', token: userToken(7), headers: { cookie: 'uid=7' }, body: { message: 'no' } })
+    assert.equal(bobPost.status, 403, bobPost.text)
+  })
+})
+
+describe('auth shim: presence rooms', () => {
+  test('presence-online: members are { userId: channel_data.user_id, ...user_info }; user-online uses that id', async () => {
+    const room = 'presence-online'
+    const carol = await asUser(12)
+    const cAck = await joinAck(carol, room)
+    assert.equal(cAck.ok, true, JSON.stringify(cAck))
+    assert.deepEqual(cAck.members, [carolMember])
+
+    const alice = await asUser(5)
+    const { socketId } = await alice.session
+    const online = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online === true)
+    const selfNone = expectNone(alice, 'user-online', 600, (e) => e.roomId === room)
+    const aAck = await joinAck(alice, room)
+    assert.equal(aAck.ok, true, JSON.stringify(aAck))
+    assert.deepEqual(byUserId(aAck.members), byUserId([carolMember, aliceMember]))
+    assert.deepEqual(onlineOf(await online), { roomId: room, userId: '5', online: true })
+    await selfNone
+    const mine = app.requestsFor((f) => f.socket_id === socketId)
+    assert.deepEqual(
+      mine.map((r) => r.form),
+      [{ socket_id: socketId, channel_name: room }],
+    )
+    assert.match(String(mine[0].headers['content-type']), /^application\/x-www-form-urlencoded/i)
+
+    // the last socket going away -> online:false with the same id
+    const offline = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online === false, 3000)
+    alice.close()
+    assert.deepEqual(onlineOf(await offline), { roomId: room, userId: '5', online: false })
+  })
+
+  test('user_id comes from channel_data (not the token); new-message/typing still carry the token user id', async () => {
+    app.presenceUserId = (u) => `user-${u.id}`
+    const room = uniqueRoom('presence-ids')
+    const carol = await asUser(12)
+    await join(carol, room)
+    const alice = await asUser(5)
+    const online = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online === true)
+    const aAck = await joinAck(alice, room)
+    assert.equal(aAck.ok, true, JSON.stringify(aAck))
+    assert.deepEqual(
+      byUserId(aAck.members),
+      byUserId([
+        { ...carolMember, userId: 'user-12' },
+        { ...aliceMember, userId: 'user-5' },
+      ]),
+    )
+    assert.deepEqual(onlineOf(await online), { roomId: room, userId: 'user-5', online: true })
+
+    const msg = waitFor(carol, 'new-message', (m) => m.roomId === room)
+    const sent = await send(alice, room, 'hi presence')
+    assert.equal(sent.userId, 5)
+    assert.equal((await msg).userId, 5)
+    const typing = waitFor(carol, 'typing', (e) => e.roomId === room)
+    assert.equal((await emitAck(alice, 'typing', { roomId: room, isTyping: true })).ok, true)
+    const t = await typing
+    assert.equal(t.userId, 5)
+    assert.equal(t.isTyping, true)
+  })
+
+  test('two tabs in a presence room: two auth requests, one member entry, one online/offline pair', async () => {
+    const room = uniqueRoom('presence-tabs')
+    const carol = await asUser(12)
+    await join(carol, room)
+    const a1 = await asUser(5)
+    const a2 = await asUser(5)
+    const id1 = (await a1.session).socketId
+    const id2 = (await a2.session).socketId
+    const on = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online)
+    await join(a1, room)
+    await on
+    const quiet = expectNone(carol, 'user-online', 700, (e) => e.roomId === room)
+    const ack2 = await joinAck(a2, room)
+    assert.equal(ack2.ok, true, JSON.stringify(ack2))
+    assert.deepEqual(byUserId(ack2.members), byUserId([carolMember, aliceMember]))
+    await quiet
+    assert.deepEqual(
+      app
+        .requestsFor((f) => f.channel_name === room && f.socket_id !== undefined)
+        .map((r) => r.form.socket_id)
+        .filter((id) => id === id1 || id === id2)
+        .sort(),
+      [id1, id2].sort(),
+    )
+    const quiet2 = expectNone(carol, 'user-online', 700, (e) => e.roomId === room)
+    assert.equal((await emitAck(a1, 'leave-room', { roomId: room })).ok, true)
+    await quiet2
+    const off = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online === false)
+    assert.equal((await emitAck(a2, 'leave-room', { roomId: room })).ok, true)
+    assert.deepEqual(onlineOf(await off), { roomId: room, userId: '5', online: false })
+  })
+})
+
+describe('auth shim off', () => {
+  test('PUSHER_AUTH_ENDPOINT unset (Pusher API on) -> private-/presence- joins are forbidden, nobody is asked', async () => {
+    const other = await startServer({ env: pusherEnv() })
+    const s = await asUser(5, { url: other.url })
+    assertError(await joinAck(s, DM), 'forbidden', 'private without endpoint')
+    assertError(await joinAck(s, 'presence-online'), 'forbidden', 'presence without endpoint')
+    assert.equal(app.requests.length, 0, JSON.stringify(app.requests))
+    await join(s, uniqueRoom('public_still_ok'))
+    await other.stop()
+  })
+
+  test('no PUSHER_* at all -> private-/presence- joins are forbidden', async () => {
+    const other = await startServer({ env: RELAXED_LIMITS })
+    const s = await asUser(5, { url: other.url })
+    assertError(await joinAck(s, DM), 'forbidden', 'private without pusher')
+    assertError(await joinAck(s, uniqueRoom('presence-x')), 'forbidden', 'presence without pusher')
+    assert.equal(app.requests.length, 0, JSON.stringify(app.requests))
+    await other.stop()
+  })
+})

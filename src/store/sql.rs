@@ -1,0 +1,101 @@
+//! SQL shared by both engines: the statements (`$N` placeholders, which SQLite
+//! and Postgres both accept), binding a new message, and reading a row back.
+
+use sqlx::{Database, Decode, Encode, Row, Type, query::Query};
+
+use super::{NewMessage, StoreError};
+use crate::domain::{MessageKind, StoredMessage};
+
+macro_rules! columns {
+    () => {
+        "id, room_id, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at"
+    };
+}
+
+/// Inserts unless the idempotency key exists; returns the row when inserted.
+pub const INSERT: &str = concat!(
+    "INSERT INTO messages (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) ",
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
+    columns!()
+);
+
+/// The stored original of an idempotency key.
+pub const BY_KEY: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM messages WHERE room_id = $1 AND user_key = $2 AND client_id = $3"
+);
+
+/// `limit` messages after `$2` and before `$3`, ascending.
+pub const PAGE_FORWARD: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM messages WHERE room_id = $1 AND id > $2 AND id < $3 ORDER BY id ASC LIMIT $4"
+);
+
+/// `limit` messages after `$2` and before `$3`, newest first.
+pub const PAGE_BACKWARD: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM messages WHERE room_id = $1 AND id > $2 AND id < $3 ORDER BY id DESC LIMIT $4"
+);
+
+pub const IS_MEMBER: &str = "SELECT 1 FROM group_members WHERE group_id = $1 AND user_key = $2";
+pub const ADD_MEMBER: &str =
+    "INSERT INTO group_members (group_id, user_key, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+pub const REMOVE_MEMBER: &str = "DELETE FROM group_members WHERE group_id = $1 AND user_key = $2";
+
+/// Binds the twelve values of [`INSERT`].
+pub fn bind_insert<'q, DB>(
+    query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    m: &'q NewMessage,
+    user_json: String,
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    query
+        .bind(m.room.as_str())
+        .bind(m.sender.user.key())
+        .bind(user_json)
+        .bind(m.sender.profile.username.clone())
+        .bind(m.sender.profile.full_name.clone())
+        .bind(m.sender.profile.avatar.clone())
+        .bind(m.client_id.clone())
+        .bind(m.text.as_str())
+        .bind(m.kind.as_str())
+        .bind(m.media.clone())
+        .bind(m.audio.clone())
+        .bind(m.timestamp)
+}
+
+/// Reads a message row (the [`columns!`] list) back.
+pub fn message<'r, R>(row: &'r R) -> Result<StoredMessage, StoreError>
+where
+    R: Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let kind: String = row.try_get("kind")?;
+    let user_json: String = row.try_get("user_json")?;
+    Ok(StoredMessage {
+        id: row.try_get("id")?,
+        room_id: row.try_get("room_id")?,
+        user_id: serde_json::from_str(&user_json)
+            .map_err(|e| StoreError::Corrupt(format!("user_json {user_json:?}: {e}")))?,
+        username: row.try_get("username")?,
+        full_name: row.try_get("full_name")?,
+        avatar: row.try_get("avatar")?,
+        client_id: row.try_get("client_id")?,
+        message: row.try_get("body")?,
+        kind: MessageKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+        media: row.try_get("media")?,
+        audio: row.try_get("audio")?,
+        timestamp: row.try_get("created_at")?,
+    })
+}
