@@ -78,12 +78,19 @@ impl Broadcaster {
         if let Some(socket) = audience.except_socket {
             op = op.except(socket_room(socket));
         }
-        let mut delivered = 0;
-        for socket in op.sockets() {
-            if self.send(&socket, event, payload) {
-                delivered += 1;
-            }
+        let sockets = op.sockets();
+        if sockets.is_empty() {
+            return 0;
         }
+        // Encode the payload once; each socket then only copies the bytes into its frame.
+        let payload = match serde_json::value::to_raw_value(payload) {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::error!(error = %e, event, "could not encode event");
+                return 0;
+            }
+        };
+        let delivered = sockets.iter().filter(|s| self.send(s, event, &*payload)).count();
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
     }

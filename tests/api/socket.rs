@@ -202,3 +202,4 @@ async fn a_client_that_stops_reading_is_disconnected_and_nobody_else_waits() {
     );
     drop(stalled);
 }
+
