@@ -23,10 +23,13 @@ enum Mode {
     Slow,
 }
 
+/// What the fake endpoint received: Cookie, Authorization, form body.
+type Seen = (Option<String>, Option<String>, String);
+
 #[derive(Clone)]
 struct FakeApp {
     mode: Arc<Mutex<Mode>>,
-    seen: Arc<Mutex<Vec<(Option<String>, Option<String>, String)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 async fn auth(State(app): State<FakeApp>, headers: HeaderMap, body: String) -> axum::response::Response {
@@ -302,7 +305,7 @@ async fn group_membership_is_written_by_the_backend_and_enforced() {
         json!("forbidden")
     );
     assert!(
-        matches!(carol.wait(|p| matches!(p, Sio::Disconnect)).await, None),
+        carol.wait(|p| matches!(p, Sio::Disconnect)).await.is_none(),
         "the connection stays"
     );
 }

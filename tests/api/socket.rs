@@ -202,4 +202,3 @@ async fn a_client_that_stops_reading_is_disconnected_and_nobody_else_waits() {
     );
     drop(stalled);
 }
-
