@@ -5,7 +5,7 @@
 // `closeSockets()` / `stopServers()` hooks (and a last-resort process 'exit'
 // handler) always release them and the runner can exit.
 
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
@@ -124,6 +124,19 @@ function buildEnv({ port, host, dbUrl, env = {} }) {
 }
 
 /**
+ * A fresh database for one server: SQLite in its temp folder, or, when
+ * SB_TEST_POSTGRES names a Postgres server (admin URL), a new database there,
+ * so the whole suite can run against either store.
+ */
+function defaultDatabase(dir) {
+  const admin = process.env.SB_TEST_POSTGRES
+  if (!admin) return `sqlite://${path.join(dir, 'db.sqlite')}`
+  const name = `sb_compat_${randomBytes(6).toString('hex')}`
+  execFileSync('psql', [admin, '-qc', `CREATE DATABASE ${name}`], { stdio: 'ignore', timeout: 10000 })
+  return `${admin.slice(0, admin.lastIndexOf('/'))}/${name}`
+}
+
+/**
  * Spawns the switchboard binary without waiting for readiness.
  * Returns { proc, output(), exited (promise of {code, signal}), port, url, env, cwd }.
  */
@@ -131,7 +144,7 @@ export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl } = {}
   port ??= await freePort()
   const dir = makeTempDir()
   cwd ??= dir
-  dbUrl ??= `sqlite://${path.join(dir, 'db.sqlite')}`
+  dbUrl ??= defaultDatabase(dir)
   const fullEnv = buildEnv({ port, host: '127.0.0.1', dbUrl, env })
   const proc = spawn(BIN, args, { env: fullEnv, cwd, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
