@@ -19,6 +19,11 @@ pub struct Config {
     #[arg(long)]
     pub dev: bool,
 
+    /// Probe `GET /healthz` of the server on PORT (loopback) and exit 0 when it answers 200;
+    /// for container health checks, where no HTTP client is installed.
+    #[arg(long)]
+    pub healthcheck: bool,
+
     /// Port for HTTP, Socket.IO and the Pusher API.
     #[arg(long, env = "PORT", default_value_t = 7071)]
     pub port: u16,

@@ -1,5 +1,6 @@
-//! What `--dev` prints so a newcomer can connect at once: the generated
-//! secret, a ready-to-paste token and a `socket.io-client` snippet.
+//! What `--dev` prints so a newcomer can connect at once (the generated
+//! secret, a ready-to-paste token and a `socket.io-client` snippet), and the
+//! `--healthcheck` probe container images use.
 
 use std::net::SocketAddr;
 
@@ -44,4 +45,22 @@ pub fn announce(settings: &Settings, addr: SocketAddr) {
          socket.emit('send-message', {{ roomId: 'lobby', message: 'hello' }}, console.log)\n  \
          }})\n"
     );
+}
+
+/// `GET /healthz` on loopback; success only on a 200 within three seconds.
+pub async fn healthcheck(port: u16) -> std::process::ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        std::io::Result::Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        Ok(Ok(true)) => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
+    }
 }

@@ -7,7 +7,11 @@ use switchboard::{config::Config, dev, startup, telemetry};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     telemetry::init();
-    let settings = match Config::parse().settings() {
+    let config = Config::parse();
+    if config.healthcheck {
+        return dev::healthcheck(config.port).await;
+    }
+    let settings = match config.settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchboard: {e}");
