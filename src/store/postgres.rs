@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 
 use super::{Appended, NewMessage, Page, PageQuery, Store, StoreError, sql};
 use crate::domain::RoomId;
 
 pub struct PostgresStore {
-    pool: PgPool,
+    shared: sql::Shared<sqlx::Postgres>,
 }
 
 impl PostgresStore {
@@ -22,7 +22,9 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            shared: sql::Shared { pool },
+        })
     }
 }
 
@@ -30,7 +32,7 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
         let user_json = m.sender.user.json().to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.shared.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(m.room.as_str())
             .execute(&mut *tx)
@@ -61,48 +63,22 @@ impl Store for PostgresStore {
     }
 
     async fn page(&self, room: &RoomId, q: PageQuery) -> Result<Page, StoreError> {
-        let statement = if q.after.is_some() {
-            sql::PAGE_FORWARD
-        } else {
-            sql::PAGE_BACKWARD
-        };
-        let rows = sqlx::query(statement)
-            .bind(room.as_str())
-            .bind(q.after.unwrap_or(0))
-            .bind(q.before.unwrap_or(i64::MAX))
-            .bind(i64::from(q.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        Page::from_rows(&rows, q, |r| sql::message(r))
+        self.shared.page(room, q).await
     }
 
     async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(sql::IS_MEMBER)
-            .bind(group)
-            .bind(user_key)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+        self.shared.is_group_member(group, user_key).await
     }
 
     async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
-        let query = if member {
-            sqlx::query(sql::ADD_MEMBER)
-                .bind(group)
-                .bind(user_key)
-                .bind(crate::clock::now_ms())
-        } else {
-            sqlx::query(sql::REMOVE_MEMBER).bind(group).bind(user_key)
-        };
-        Ok(query.execute(&self.pool).await?.rows_affected() > 0)
+        self.shared.set_group_member(group, user_key, member).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.shared.ping().await
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.shared.pool.close().await;
     }
 }

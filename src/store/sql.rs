@@ -41,9 +41,10 @@ pub const PAGE_BACKWARD: &str = concat!(
 );
 
 pub const IS_MEMBER: &str = "SELECT 1 FROM group_members WHERE group_id = $1 AND user_key = $2";
-pub const ADD_MEMBER: &str =
-    "INSERT INTO group_members (group_id, user_key, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-pub const REMOVE_MEMBER: &str = "DELETE FROM group_members WHERE group_id = $1 AND user_key = $2";
+/// Both return a row only when they changed something.
+pub const ADD_MEMBER: &str = "INSERT INTO group_members (group_id, user_key, added_at) VALUES ($1, $2, $3) \
+                              ON CONFLICT DO NOTHING RETURNING user_key";
+pub const REMOVE_MEMBER: &str = "DELETE FROM group_members WHERE group_id = $1 AND user_key = $2 RETURNING user_key";
 
 /// Binds the twelve values of [`INSERT`].
 pub fn bind_insert<'q, DB>(
@@ -98,4 +99,59 @@ where
         audio: row.try_get("audio")?,
         timestamp: row.try_get("created_at")?,
     })
+}
+
+/// The queries both engines run the same way, over either engine's pool.
+pub struct Shared<DB: Database> {
+    pub pool: sqlx::Pool<DB>,
+}
+
+impl<DB> Shared<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> &'r str: sqlx::ColumnIndex<DB::Row>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+{
+    pub async fn page(&self, room: &crate::domain::RoomId, q: super::PageQuery) -> Result<super::Page, StoreError> {
+        let statement = if q.after.is_some() { PAGE_FORWARD } else { PAGE_BACKWARD };
+        let rows = sqlx::query::<DB>(statement)
+            .bind(room.as_str())
+            .bind(q.after.unwrap_or(0))
+            .bind(q.before.unwrap_or(i64::MAX))
+            .bind(i64::from(q.limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        super::Page::from_rows(&rows, q, |r| message(r))
+    }
+
+    pub async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query::<DB>(IS_MEMBER)
+            .bind(group)
+            .bind(user_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    pub async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
+        let query = if member {
+            sqlx::query::<DB>(ADD_MEMBER)
+                .bind(group)
+                .bind(user_key)
+                .bind(crate::clock::now_ms())
+        } else {
+            sqlx::query::<DB>(REMOVE_MEMBER).bind(group).bind(user_key)
+        };
+        Ok(query.fetch_optional(&self.pool).await?.is_some())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query::<DB>("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }

@@ -24,7 +24,7 @@ const MAX_BATCH: usize = 512;
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    shared: sql::Shared<sqlx::Sqlite>,
     writer: mpsc::Sender<(NewMessage, Reply)>,
 }
 
@@ -48,7 +48,10 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_loop(pool.clone(), queue));
-        Ok(Self { pool, writer })
+        Ok(Self {
+            shared: sql::Shared { pool },
+            writer,
+        })
     }
 }
 
@@ -117,48 +120,22 @@ impl Store for SqliteStore {
     }
 
     async fn page(&self, room: &RoomId, q: PageQuery) -> Result<Page, StoreError> {
-        let statement = if q.after.is_some() {
-            sql::PAGE_FORWARD
-        } else {
-            sql::PAGE_BACKWARD
-        };
-        let rows = sqlx::query(statement)
-            .bind(room.as_str())
-            .bind(q.after.unwrap_or(0))
-            .bind(q.before.unwrap_or(i64::MAX))
-            .bind(i64::from(q.limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        Page::from_rows(&rows, q, |r| sql::message(r))
+        self.shared.page(room, q).await
     }
 
     async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(sql::IS_MEMBER)
-            .bind(group)
-            .bind(user_key)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+        self.shared.is_group_member(group, user_key).await
     }
 
     async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
-        let query = if member {
-            sqlx::query(sql::ADD_MEMBER)
-                .bind(group)
-                .bind(user_key)
-                .bind(crate::clock::now_ms())
-        } else {
-            sqlx::query(sql::REMOVE_MEMBER).bind(group).bind(user_key)
-        };
-        Ok(query.execute(&self.pool).await?.rows_affected() > 0)
+        self.shared.set_group_member(group, user_key, member).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.shared.ping().await
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.shared.pool.close().await;
     }
 }
