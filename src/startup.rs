@@ -29,6 +29,9 @@ use crate::{
     socket, store,
 };
 
+/// How long connections may take to close once shutdown has disconnected every socket.
+const CONNECTION_GRACE: Duration = Duration::from_secs(3);
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
@@ -139,21 +142,31 @@ impl Application {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
         let closing = async move {
             shutdown.await;
+            let _ = stopping.send(());
             tracing::info!("shutting down: disconnecting clients");
             io.close().await;
         };
-        let served = tokio::time::timeout(
-            shutdown_timeout + Duration::from_secs(30),
-            axum::serve(listener, router)
-                .with_graceful_shutdown(closing)
-                .into_future(),
-        );
-        // Graceful shutdown ends once every connection closes; a stuck one must not hold the exit.
-        let result = match served.await {
-            Ok(r) => r.map_err(anyhow::Error::from),
-            Err(_) => Ok(()),
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(closing)
+            .into_future();
+        // Graceful shutdown ends once every connection has closed; one that lingers
+        // past the grace period must not hold the exit.
+        let lingering = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(CONNECTION_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            served = serve => served.map_err(anyhow::Error::from),
+            () = lingering => {
+                tracing::warn!("shutdown: connections still open after {CONNECTION_GRACE:?}; closing them");
+                Ok(())
+            }
         };
         pruner.abort();
         if !chat.drain_writes(shutdown_timeout).await {

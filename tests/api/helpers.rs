@@ -66,6 +66,11 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// True while `run` has not returned.
+    pub fn running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Triggers graceful shutdown and returns what `run` returned.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {

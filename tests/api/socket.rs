@@ -202,3 +202,20 @@ async fn a_client_that_stops_reading_is_disconnected_and_nobody_else_waits() {
     );
     drop(stalled);
 }
+
+#[tokio::test]
+async fn the_server_runs_until_told_to_stop() {
+    let app = spawn_app().await;
+    let first = app.http.get(app.url("/healthz")).send().await.expect("serving");
+    assert_eq!(first.status().as_u16(), 200);
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::resume();
+    assert!(app.running(), "run returned without a shutdown signal");
+    let health = app.http.get(app.url("/healthz")).send().await.expect("still serving");
+    assert_eq!(health.status().as_u16(), 200);
+    app.shutdown().await.expect("clean exit");
+}
