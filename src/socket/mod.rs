@@ -105,7 +105,11 @@ fn attach(s: &SocketRef, chat: &Arc<Chat>, conn: &Conn) {
             let member = chat.admit(conn.seeker(), &room).await?;
             s.join(room.to_string());
             conn.insert(room.clone(), member.clone());
-            chat.entered(&conn, &room, &member).await?;
+            if let Err(e) = chat.entered(&conn, &room, &member).await {
+                conn.remove(&room);
+                s.leave(room.to_string());
+                return Err(e);
+            }
             // The socket may have gone while we awaited; don't leave a ghost behind.
             if !s.connected()
                 && let Some(member) = conn.remove(&room)
