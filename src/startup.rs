@@ -29,6 +29,12 @@ use crate::{
     socket, store,
 };
 
+/// The WebSocket read chunk each connection keeps allocated. Chat frames are
+/// small and larger ones are simply read in more chunks; 1 KiB instead of the
+/// 4 KiB default measured 33.8 → 30.7 KB of server RSS per idle connection
+/// (8,000 connections, bench/loadgen idle).
+const WS_READ_CHUNK: usize = 1024;
+
 /// How long connections may take to close once shutdown has disconnected every socket.
 const CONNECTION_GRACE: Duration = Duration::from_secs(3);
 
@@ -63,6 +69,7 @@ impl Application {
             .ws_max_message_size(settings.max_frame_bytes)
             .ws_max_frame_size(settings.max_frame_bytes)
             .max_buffer_size(settings.socket_buffer_packets)
+            .ws_read_buffer_size(WS_READ_CHUNK)
             .build_layer();
 
         let chat = Arc::new(Chat::new(ChatParts {
