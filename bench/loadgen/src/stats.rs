@@ -1,0 +1,172 @@
+//! Counters and latency histograms shared by every connection task.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
+    time::Instant,
+};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Microseconds since the process's first call: the clock embedded in message
+/// text and read back at the receivers (one process, one monotonic clock).
+pub fn now_us() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// The marker leading every benchmark message: `M` (measured) or `W` (warm-up).
+pub fn message_text(measured: bool, sent_us: u64, sender: usize, seq: u64, pad_to: usize) -> String {
+    let mut s = format!("{}{sent_us}.{sender}.{seq}.", if measured { 'M' } else { 'W' });
+    while s.len() < pad_to {
+        s.push('x');
+    }
+    s
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 10 min, 3 significant figures.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+pub struct Stats {
+    pub received_measured: AtomicU64,
+    pub received_warmup: AtomicU64,
+    pub latency: Mutex<Histogram<u64>>,
+    pub ack_latency: Mutex<Histogram<u64>>,
+    pub sent_measured: AtomicU64,
+    pub sent_warmup: AtomicU64,
+    pub acked_ok_measured: AtomicU64,
+    pub acked_ok_warmup: AtomicU64,
+    pub expected_measured: AtomicU64,
+    pub ack_errors: Mutex<BTreeMap<String, u64>>,
+    pub inflight: AtomicI64,
+    pub last_delivery_us: AtomicU64,
+    pub last_ack_us: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub disconnect_reasons: Mutex<Vec<String>>,
+    pub other_events: AtomicU64,
+    pub unacked_at_close: AtomicU64,
+    pub stopping: AtomicBool,
+    pub bad_frames: AtomicU64,
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Self {
+            received_measured: AtomicU64::new(0),
+            received_warmup: AtomicU64::new(0),
+            latency: Mutex::new(histogram()),
+            ack_latency: Mutex::new(histogram()),
+            sent_measured: AtomicU64::new(0),
+            sent_warmup: AtomicU64::new(0),
+            acked_ok_measured: AtomicU64::new(0),
+            acked_ok_warmup: AtomicU64::new(0),
+            expected_measured: AtomicU64::new(0),
+            ack_errors: Mutex::new(BTreeMap::new()),
+            inflight: AtomicI64::new(0),
+            last_delivery_us: AtomicU64::new(0),
+            last_ack_us: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            disconnect_reasons: Mutex::new(Vec::new()),
+            other_events: AtomicU64::new(0),
+            unacked_at_close: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            bad_frames: AtomicU64::new(0),
+        }
+    }
+
+    /// `rest` is a `42` packet without its type: `["event",data]`.
+    pub fn on_event(&self, rest: &str) {
+        if !rest.starts_with("[\"new-message\"") {
+            self.other_events.fetch_add(1, Relaxed);
+            return;
+        }
+        const KEY: &str = "\"message\":\"";
+        let Some(at) = rest.find(KEY) else {
+            self.bad_frames.fetch_add(1, Relaxed);
+            return;
+        };
+        let text = &rest[at + KEY.len()..];
+        let measured = match text.as_bytes().first() {
+            Some(b'M') => true,
+            Some(b'W') => false,
+            _ => {
+                self.other_events.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let digits = text[1..].bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(sent) = text[1..1 + digits].parse::<u64>() else {
+            self.bad_frames.fetch_add(1, Relaxed);
+            return;
+        };
+        let now = now_us();
+        if measured {
+            self.received_measured.fetch_add(1, Relaxed);
+            self.last_delivery_us.fetch_max(now, Relaxed);
+            let _ = self
+                .latency
+                .lock()
+                .expect("latency lock")
+                .record(now.saturating_sub(sent).max(1));
+        } else {
+            self.received_warmup.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An ack to `send-message`: `[{"ok":true,…}]` or `[{"ok":false,"error":{"code":…}}]`.
+    pub fn on_send_ack(&self, ack: &str, measured: bool, sent_us: u64, room_size: u64) {
+        self.inflight.fetch_sub(1, Relaxed);
+        let now = now_us();
+        if ack.contains("\"ok\":true") {
+            if measured {
+                self.acked_ok_measured.fetch_add(1, Relaxed);
+                self.expected_measured.fetch_add(room_size, Relaxed);
+                self.last_ack_us.fetch_max(now, Relaxed);
+                let _ = self
+                    .ack_latency
+                    .lock()
+                    .expect("ack lock")
+                    .record(now.saturating_sub(sent_us).max(1));
+            } else {
+                self.acked_ok_warmup.fetch_add(1, Relaxed);
+            }
+        } else {
+            let code = serde_json::from_str::<Value>(ack)
+                .ok()
+                .and_then(|v| v[0]["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("unparsed: {ack:.60}"));
+            *self.ack_errors.lock().expect("errors lock").entry(code).or_default() += 1;
+        }
+    }
+
+    pub fn disconnected(&self, reason: &str) {
+        self.disconnects.fetch_add(1, Relaxed);
+        let mut reasons = self.disconnect_reasons.lock().expect("reasons lock");
+        if reasons.len() < 5 {
+            reasons.push(reason.to_owned());
+        }
+    }
+
+    pub fn latency_json(h: &Histogram<u64>) -> Value {
+        let ms = |us: u64| (us as f64 / 1000.0 * 1000.0).round() / 1000.0;
+        if h.is_empty() {
+            return json!(null);
+        }
+        json!({
+            "count": h.len(),
+            "p50_ms": ms(h.value_at_quantile(0.50)),
+            "p90_ms": ms(h.value_at_quantile(0.90)),
+            "p99_ms": ms(h.value_at_quantile(0.99)),
+            "p999_ms": ms(h.value_at_quantile(0.999)),
+            "max_ms": ms(h.max()),
+            "mean_ms": (h.mean() / 1000.0 * 1000.0).round() / 1000.0,
+        })
+    }
+}
