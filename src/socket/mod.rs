@@ -28,12 +28,14 @@ use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
 /// handler runs as a separate task after the confirmation, so handlers added
 /// there could miss an event the client sends the moment it is connected.
 pub fn register(io: &SocketIo, chat: Arc<Chat>) {
-    let on_connect = async |s: SocketRef| {
-        if let Some(conn) = conn_of(&s) {
-            let _ = s.emit(
-                "session",
-                &json!({ "socketId": conn.socket_id, "userId": conn.identity.user }),
-            );
+    let for_connect = chat.clone();
+    let on_connect = move |s: SocketRef| {
+        let chat = for_connect.clone();
+        async move {
+            if let Some(conn) = conn_of(&s) {
+                let session = json!({ "socketId": conn.socket_id, "userId": conn.identity.user });
+                chat.broadcaster().send(&s, "session", &session);
+            }
         }
     };
     let authenticate = move |s: SocketRef, TryData(auth): TryData<Value>| {
