@@ -146,9 +146,9 @@ impl Chat {
         Ok(())
     }
 
+    /// Forgets rate-limit state of idle users; run periodically, off the request path.
     pub fn prune(&self) {
         self.limiter.prune();
-        self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
     }
 
     /// Admission for `identity` to `room`; the member as the room shows them.

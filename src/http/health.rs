@@ -32,7 +32,6 @@ async fn ready(State(chat): State<Arc<Chat>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(chat): State<Arc<Chat>>) -> impl IntoResponse {
-    chat.prune();
     (
         [(
             header::CONTENT_TYPE,
