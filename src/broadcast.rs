@@ -1,17 +1,28 @@
 //! The one place through which every event to a room passes. Chat logic,
-//! REST and (later) the Pusher HTTP API call [`Broadcaster`]; other kinds of
+//! REST and the Pusher HTTP API call [`Broadcaster`]; other kinds of
 //! subscribers hook in here without touching them.
 //!
-//! Delivery is per local socket so that a socket whose bounded send buffer is
-//! full can be told apart and disconnected (its client recovers with `since`):
-//! nobody else waits for it, and nothing is dropped silently.
+//! Delivery to this node's sockets is per socket, so that a socket whose
+//! bounded send buffer is full can be told apart and disconnected (its client
+//! recovers with `since`): nobody else waits for it. With many nodes the same
+//! event is also handed to the socketioxide-redis adapter, addressed so that it
+//! skips this node's sockets, and every other node delivers it to its own.
 
 use std::sync::Arc;
 
 use serde::Serialize;
-use socketioxide::{SendError, SocketError, SocketIo, extract::SocketRef};
+use serde_json::value::RawValue;
+use socketioxide::{
+    SendError, SocketError, SocketIo,
+    adapter::{Adapter, Emitter, LocalAdapter},
+    extract::SocketRef,
+    operators::BroadcastOperators,
+};
 
 use crate::{domain::RoomId, metrics::Metrics};
+
+/// The Socket.IO adapter that carries broadcasts between nodes.
+pub type ClusterAdapter = socketioxide_redis::RedisAdapter<Emitter>;
 
 /// Internal room holding every socket of one user. `#` never appears in a
 /// client room id, so these can't collide with rooms clients join.
@@ -23,6 +34,12 @@ pub fn user_room(user_key: &str) -> String {
 /// `socket_id` exclusion.
 pub fn socket_room(socket_id: &str) -> String {
     format!("#s:{socket_id}")
+}
+
+/// Internal room holding every socket of one node, so a broadcast handed to
+/// the adapter can leave out the sockets this node delivered to itself.
+fn node_room(node: &str) -> String {
+    format!("#n:{node}")
 }
 
 /// Who in a room receives an event.
@@ -53,35 +70,74 @@ impl<'a> Audience<'a> {
         self.except_socket = socket_id;
         self
     }
+
+    fn select<A: Adapter>(&self, ns: BroadcastOperators<A>) -> BroadcastOperators<A> {
+        let mut op = ns.to(self.room.to_string());
+        if let Some(user) = self.except_user {
+            op = op.except(user_room(user));
+        }
+        if let Some(socket) = self.except_socket {
+            op = op.except(socket_room(socket));
+        }
+        op
+    }
+}
+
+#[derive(Clone)]
+enum Io {
+    Single(SocketIo<LocalAdapter>),
+    Cluster {
+        io: SocketIo<ClusterAdapter>,
+        node_room: String,
+    },
+}
+
+/// Runs `$body` with `$io` bound to whichever `SocketIo` this node has.
+macro_rules! with_io {
+    ($self:expr, $io:ident => $body:expr) => {
+        match &$self.io {
+            Io::Single($io) => $body,
+            Io::Cluster { io: $io, .. } => $body,
+        }
+    };
 }
 
 #[derive(Clone)]
 pub struct Broadcaster {
-    io: SocketIo,
+    io: Io,
     metrics: Arc<Metrics>,
 }
 
 impl Broadcaster {
-    pub fn new(io: SocketIo, metrics: Arc<Metrics>) -> Self {
-        Self { io, metrics }
+    pub fn single(io: SocketIo<LocalAdapter>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            io: Io::Single(io),
+            metrics,
+        }
     }
 
-    /// Sends `event` to the audience; returns how many sockets got it.
-    pub fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
-        let Some(ns) = self.io.of("/") else {
-            return 0;
-        };
-        let mut op = ns.to(audience.room.to_string());
-        if let Some(user) = audience.except_user {
-            op = op.except(user_room(user));
+    pub fn cluster(io: SocketIo<ClusterAdapter>, node: &str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            io: Io::Cluster {
+                io,
+                node_room: node_room(node),
+            },
+            metrics,
         }
-        if let Some(socket) = audience.except_socket {
-            op = op.except(socket_room(socket));
+    }
+
+    /// The internal rooms a new socket joins.
+    pub fn rooms_of(&self, user_key: &str, socket_id: &str) -> Vec<String> {
+        let mut rooms = vec![user_room(user_key), socket_room(socket_id)];
+        if let Io::Cluster { node_room, .. } = &self.io {
+            rooms.push(node_room.clone());
         }
-        let sockets = op.sockets();
-        if sockets.is_empty() {
-            return 0;
-        }
+        rooms
+    }
+
+    /// Sends `event` to the audience on every node; returns how many of this
+    /// node's sockets got it.
+    pub async fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
         // Encode the payload once; each socket then only copies the bytes into its frame.
         let payload = match serde_json::value::to_raw_value(payload) {
             Ok(raw) => raw,
@@ -90,31 +146,44 @@ impl Broadcaster {
                 return 0;
             }
         };
-        let delivered = sockets.iter().filter(|s| self.send(s, event, &*payload)).count();
+        match &self.io {
+            Io::Single(io) => self.deliver_here(io, audience, event, &payload),
+            Io::Cluster { io, node_room } => {
+                let delivered = self.deliver_here(io, audience, event, &payload);
+                if let Some(ns) = io.of("/") {
+                    let others = audience.select(ns).except(node_room.clone());
+                    if let Err(e) = others.emit(event, &*payload).await {
+                        self.metrics.adapter_errors.inc();
+                        tracing::error!(error = %e, event, room = %audience.room, "could not reach the other nodes");
+                    }
+                }
+                delivered
+            }
+        }
+    }
+
+    fn deliver_here<A: Adapter>(
+        &self,
+        io: &SocketIo<A>,
+        audience: Audience<'_>,
+        event: &str,
+        payload: &RawValue,
+    ) -> usize {
+        let Some(ns) = io.of("/") else {
+            return 0;
+        };
+        let delivered = audience
+            .select(ns)
+            .sockets()
+            .iter()
+            .filter(|s| self.send(s, event, payload))
+            .count();
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
     }
 
-    /// Every local socket of a user.
-    pub fn user_sockets(&self, user_key: &str) -> Vec<SocketRef> {
-        self.io
-            .of("/")
-            .map(|ns| ns.to(user_room(user_key)).sockets())
-            .unwrap_or_default()
-    }
-
-    /// Disconnects every socket of a user (Pusher `terminate_connections`).
-    pub fn disconnect_user(&self, user_key: &str) -> usize {
-        let sockets = self.user_sockets(user_key);
-        let count = sockets.len();
-        for socket in sockets {
-            let _ = socket.disconnect();
-        }
-        count
-    }
-
-    /// Sends to one socket; a full buffer disconnects it.
-    pub fn send<T: Serialize + ?Sized>(&self, socket: &SocketRef, event: &str, payload: &T) -> bool {
+    /// Sends to one socket of this node; a full buffer disconnects it.
+    pub fn send<A: Adapter, T: Serialize + ?Sized>(&self, socket: &SocketRef<A>, event: &str, payload: &T) -> bool {
         match socket.emit(event, payload) {
             Ok(()) => true,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
@@ -129,5 +198,45 @@ impl Broadcaster {
                 false
             }
         }
+    }
+
+    /// Disconnects every socket of a user, on every node (Pusher `terminate_connections`).
+    pub async fn disconnect_user(&self, user_key: &str) {
+        let result = with_io!(self, io => match io.of("/") {
+            Some(ns) => ns.to(user_room(user_key)).disconnect().await,
+            None => Ok(()),
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "disconnecting a user's sockets partly failed");
+        }
+    }
+
+    /// Takes every socket of a user out of `room`, on every node.
+    pub async fn leave_room(&self, user_key: &str, room: &RoomId) {
+        let result: Result<(), String> = with_io!(self, io => match io.of("/") {
+            Some(ns) => ns.to(user_room(user_key)).leave(room.to_string()).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        });
+        if let Err(e) = result {
+            self.metrics.adapter_errors.inc();
+            tracing::error!(error = %e, %room, "could not take a user's sockets out of a room");
+        }
+    }
+
+    /// Disconnects every socket of this node, so their clients reconnect and
+    /// register again (after the cluster forgot this node).
+    pub async fn disconnect_here(&self) {
+        let result = with_io!(self, io => match io.of("/") {
+            Some(ns) => ns.local().disconnect().await,
+            None => Ok(()),
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "disconnecting this node's sockets partly failed");
+        }
+    }
+
+    /// Closes every transport (shutdown).
+    pub async fn close(&self) {
+        with_io!(self, io => io.close().await);
     }
 }

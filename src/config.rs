@@ -48,6 +48,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key and pub/sub channel, so deployments can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "switchboard")]
+    pub redis_prefix: String,
+
+    /// With Redis: a node that has not sent a heartbeat for this long is dead, and the
+    /// others take its users offline. Heartbeats go every third of it.
+    #[arg(long, env = "NODE_TIMEOUT_MS", default_value_t = 15_000)]
+    pub node_timeout_ms: u64,
+
     /// Comma-separated Origin allow-list for WebSocket and polling (`*` only in dev mode).
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -133,7 +142,7 @@ pub struct Settings {
     pub jwt: JwtKey,
     /// Set when dev mode made the secret up, so it can be printed with a token.
     pub generated_secret: bool,
-    pub redis_url: Option<String>,
+    pub cluster: Option<ClusterSettings>,
     pub origins: Origins,
     /// Pusher credentials; `None` turns every `/apps/…` route off (404).
     pub pusher: Option<Credentials>,
@@ -176,9 +185,10 @@ impl Config {
             _ => Origins::List(list),
         };
 
-        if self.redis_url.is_some() {
-            bail!("REDIS_URL is set, but this build runs a single node; unset REDIS_URL");
-        }
+        let cluster = match self.redis_url.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => Some(ClusterSettings::new(&url, &self.redis_prefix, self.node_timeout_ms)?),
+        };
 
         let database_url = self
             .database_url
@@ -227,7 +237,7 @@ impl Config {
             database_url,
             jwt,
             generated_secret,
-            redis_url: self.redis_url,
+            cluster,
             origins,
             pusher,
             pusher_auth_endpoint,
@@ -239,6 +249,39 @@ impl Config {
             socket_buffer_packets: self.socket_buffer_packets.max(16),
             typing_timeout: Duration::from_millis(self.typing_timeout_ms),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}
+
+/// Many nodes sharing Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The Redis URL with RESP3 asked for: the adapter's pub/sub rides on push messages.
+    pub redis_url: String,
+    pub prefix: String,
+    pub node_timeout: Duration,
+}
+
+impl ClusterSettings {
+    fn new(url: &str, prefix: &str, node_timeout_ms: u64) -> anyhow::Result<Self> {
+        let mut parsed = url::Url::parse(url).context("REDIS_URL must be a redis:// or rediss:// URL")?;
+        if !matches!(parsed.scheme(), "redis" | "rediss") {
+            bail!("REDIS_URL must be a redis:// or rediss:// URL");
+        }
+        if !parsed.query_pairs().any(|(k, _)| k == "protocol") {
+            parsed.query_pairs_mut().append_pair("protocol", "resp3");
+        }
+        let prefix = prefix.trim();
+        if prefix.is_empty() || prefix.contains(['#', ' ', '{', '}']) {
+            bail!("REDIS_PREFIX must be non-empty, without spaces, '#', '{{' or '}}'");
+        }
+        if node_timeout_ms < 1_000 {
+            bail!("NODE_TIMEOUT_MS must be at least 1000");
+        }
+        Ok(Self {
+            redis_url: parsed.to_string(),
+            prefix: prefix.to_owned(),
+            node_timeout: Duration::from_millis(node_timeout_ms),
         })
     }
 }
@@ -302,6 +345,22 @@ mod tests {
         );
         assert!(with(&["--pusher-app-id", "1"]).is_err());
         assert!(with(&["--pusher-auth-endpoint", "http://localhost:3000/api/pusher/auth"]).is_err());
+    }
+
+    #[test]
+    fn redis_settings() {
+        let base = ["--jwt-secret", "s"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        assert!(with(&[]).expect("ok").cluster.is_none());
+        let c = with(&["--redis-url", "redis://127.0.0.1:6379/2"])
+            .expect("ok")
+            .cluster
+            .expect("cluster");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379/2?protocol=resp3");
+        assert_eq!(c.prefix, "switchboard");
+        assert_eq!(c.node_timeout, Duration::from_secs(15));
+        assert!(with(&["--redis-url", "http://x"]).is_err());
+        assert!(with(&["--redis-url", "redis://x", "--node-timeout-ms", "10"]).is_err());
     }
 
     #[test]

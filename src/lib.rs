@@ -40,6 +40,7 @@ pub mod auth;
 pub mod broadcast;
 pub mod chat;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod domain;

@@ -26,6 +26,11 @@ pub struct Metrics {
     pub messages_in: Counter<u64, AtomicU64>,
     pub messages_out: Counter<u64, AtomicU64>,
     pub slow_consumers: Counter<u64, AtomicU64>,
+    /// 1 while Redis answers this node (many nodes only).
+    pub redis_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub cluster_nodes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub dead_nodes: Counter<u64, AtomicU64>,
+    pub adapter_errors: Counter<u64, AtomicU64>,
     errors: Family<CodeLabel, Counter>,
     store_seconds: Family<OpLabel, Histogram>,
 }
@@ -38,6 +43,10 @@ impl Metrics {
         let messages_in = Counter::default();
         let messages_out = Counter::default();
         let slow_consumers = Counter::default();
+        let redis_up = Gauge::default();
+        let cluster_nodes = Gauge::default();
+        let dead_nodes = Counter::default();
+        let adapter_errors = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let store_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
@@ -55,6 +64,26 @@ impl Metrics {
             "Sockets disconnected because their send buffer was full",
             slow_consumers.clone(),
         );
+        registry.register(
+            "redis_up",
+            "1 while Redis answers this node's heartbeats, 0 when it does not (many nodes only)",
+            redis_up.clone(),
+        );
+        registry.register(
+            "cluster_nodes",
+            "Nodes with a live heartbeat in Redis, as last seen by this node",
+            cluster_nodes.clone(),
+        );
+        registry.register(
+            "dead_nodes",
+            "Nodes this node found silent and reaped (their users taken offline)",
+            dead_nodes.clone(),
+        );
+        registry.register(
+            "adapter_errors",
+            "Broadcasts or room changes that could not be handed to the other nodes",
+            adapter_errors.clone(),
+        );
         registry.register("errors", "Errors answered to clients, by code", errors.clone());
         registry.register(
             "store_seconds",
@@ -68,6 +97,10 @@ impl Metrics {
             messages_in,
             messages_out,
             slow_consumers,
+            redis_up,
+            cluster_nodes,
+            dead_nodes,
+            adapter_errors,
             errors,
             store_seconds,
         }

@@ -1,9 +1,11 @@
 //! Assembles the server: binds the listener (port 0 allowed), opens the store
-//! and runs migrations, builds the Socket.IO layer and the HTTP router, and
-//! runs until the shutdown future resolves, then drains.
+//! and runs migrations, connects to Redis when there are many nodes, builds the
+//! Socket.IO layer (in-memory or Redis adapter) and the HTTP router, and runs
+//! until the shutdown future resolves, then drains.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use axum::{
     Router,
     extract::{Request, State},
@@ -13,13 +15,18 @@ use axum::{
     serve::ListenerExt,
 };
 use socketioxide::SocketIo;
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     auth::TokenVerifier,
-    broadcast::Broadcaster,
-    chat::{Chat, ChatParts, presence::LocalPresence},
+    broadcast::{Broadcaster, ClusterAdapter},
+    chat::{
+        Chat, ChatParts,
+        presence::{LocalPresence, Presence},
+    },
+    cluster::{self, RedisPresence, SharedLimit},
     config::{JwtKey, Origins, Settings},
     error::ChatError,
     http,
@@ -38,10 +45,15 @@ const WS_READ_CHUNK: usize = 1024;
 /// How long connections may take to close once shutdown has disconnected every socket.
 const CONNECTION_GRACE: Duration = Duration::from_secs(3);
 
+/// Broadcasts from other nodes queued for this one before the adapter drops
+/// them; sized for bursts of fanout, not for a node that stopped reading.
+const ADAPTER_STREAM_BUFFER: usize = 65_536;
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    io: SocketIo,
+    /// One node's in-process Socket.IO (tests attach sockets to it); `None` with many nodes.
+    io: Option<SocketIo>,
     chat: Arc<Chat>,
     shutdown_timeout: Duration,
 }
@@ -64,41 +76,98 @@ impl Application {
             JwtKey::Rs256Pem(pem) => TokenVerifier::rs256(pem.as_bytes())?,
         };
 
-        let (layer, io) = SocketIo::builder()
+        let redis = match &settings.cluster {
+            Some(cluster) => Some(
+                cluster::Redis::connect(cluster)
+                    .await
+                    .context("cannot reach REDIS_URL")?,
+            ),
+            None => None,
+        };
+        let (presence, limiter): (Arc<dyn Presence>, RateLimit) = match &redis {
+            Some(redis) => (
+                Arc::new(RedisPresence::new(redis.clone())),
+                RateLimit::Shared(SharedLimit::new(
+                    redis.clone(),
+                    settings.rate_limit_per_sec,
+                    settings.rate_limit_burst,
+                )),
+            ),
+            None => (
+                Arc::new(LocalPresence::default()),
+                RateLimit::local(settings.rate_limit_per_sec, settings.rate_limit_burst),
+            ),
+        };
+        if let Some(redis) = &redis {
+            // Be listed among the live nodes before the first client arrives.
+            presence.tick().await.context("cannot register this node in Redis")?;
+            metrics.redis_up.set(1);
+            tracing::info!(node = redis.node(), prefix = redis.prefix(), "joined the cluster");
+        }
+
+        let builder = SocketIo::builder()
             .max_payload(settings.max_frame_bytes as u64)
             .ws_max_message_size(settings.max_frame_bytes)
             .ws_max_frame_size(settings.max_frame_bytes)
             .max_buffer_size(settings.socket_buffer_packets)
-            .ws_read_buffer_size(WS_READ_CHUNK)
-            .build_layer();
+            .ws_read_buffer_size(WS_READ_CHUNK);
 
-        let chat = Arc::new(Chat::new(ChatParts {
+        let shim = match (&settings.pusher_auth_endpoint, &settings.pusher) {
+            (Some(endpoint), Some(credentials)) => Some(AuthShim::new(
+                endpoint.clone(),
+                credentials.clone(),
+                settings.pusher_auth_timeout,
+            )?),
+            _ => None,
+        };
+        let parts = |broadcaster: Broadcaster| ChatParts {
             store,
             verifier,
             metrics: metrics.clone(),
-            presence: Arc::new(LocalPresence::default()),
-            shim: match (&settings.pusher_auth_endpoint, &settings.pusher) {
-                (Some(endpoint), Some(credentials)) => Some(AuthShim::new(
-                    endpoint.clone(),
-                    credentials.clone(),
-                    settings.pusher_auth_timeout,
-                )?),
-                _ => None,
-            },
-            broadcaster: Broadcaster::new(io.clone(), metrics),
-            limiter: RateLimit::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
+            redis: redis.clone(),
+            presence,
+            broadcaster,
+            limiter,
             typing_timeout: settings.typing_timeout,
             max_event_bytes: settings.max_event_bytes,
-        }));
-        socket::register(&io, chat.clone());
+            shim,
+        };
+        let routes = |chat: &Arc<Chat>| {
+            let mut router = http::router(chat.clone(), settings.max_frame_bytes);
+            if let Some(credentials) = settings.pusher.clone() {
+                router = router.merge(pusher::http_api::router(chat.clone(), credentials));
+            }
+            router
+        };
+
+        let (chat, router, io) = match &redis {
+            None => {
+                let (layer, io) = builder.build_layer();
+                let chat = Arc::new(Chat::new(parts(Broadcaster::single(io.clone(), metrics.clone()))));
+                socket::register(&io, chat.clone());
+                let router = routes(&chat).layer(layer);
+                (chat, router, Some(io))
+            }
+            Some(redis) => {
+                let config = RedisAdapterConfig::new()
+                    .with_prefix(format!("{}:sio", redis.prefix()))
+                    .with_stream_buffer(ADAPTER_STREAM_BUFFER);
+                let adapter = RedisAdapterCtr::new_with_redis_config(redis.client(), config)
+                    .await
+                    .context("cannot open the Redis pub/sub connection")?;
+                let (layer, io) = builder.with_adapter::<ClusterAdapter>(adapter).build_layer();
+                let broadcaster = Broadcaster::cluster(io.clone(), redis.node(), metrics.clone());
+                let chat = Arc::new(Chat::new(parts(broadcaster)));
+                socket::register(&io, chat.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot subscribe to the cluster's channels: {e}"))?;
+                let router = routes(&chat).layer(layer);
+                (chat, router, None)
+            }
+        };
 
         let origins = Arc::new(settings.origins.clone());
-        let mut router = http::router(chat.clone(), settings.max_frame_bytes);
-        if let Some(credentials) = settings.pusher.clone() {
-            router = router.merge(pusher::http_api::router(chat.clone(), credentials));
-        }
         let router = router
-            .layer(layer)
             .layer(cors(&settings.origins))
             .layer(middleware::from_fn_with_state(origins, check_origin))
             .layer(tower_http::trace::TraceLayer::new_for_http());
@@ -116,8 +185,8 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// The Socket.IO handle, for in-process tests that attach sockets without a network.
-    pub fn io(&self) -> SocketIo {
+    /// One node's Socket.IO handle, for in-process tests that attach sockets without a network.
+    pub fn io(&self) -> Option<SocketIo> {
         self.io.clone()
     }
 
@@ -127,34 +196,26 @@ impl Application {
         let Self {
             listener,
             router,
-            io,
             chat,
             shutdown_timeout,
+            ..
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
 
-        let pruner = {
-            let chat = chat.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tick.tick().await;
-                    chat.prune();
-                }
-            })
-        };
+        let housekeeping = tokio::spawn(chat.clone().housekeeping());
 
         // Small frames (acks, typing) must not wait for Nagle's algorithm.
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
         let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let broadcaster = chat.broadcaster().clone();
         let closing = async move {
             shutdown.await;
             let _ = stopping.send(());
             tracing::info!("shutting down: disconnecting clients");
-            io.close().await;
+            broadcaster.close().await;
         };
         let serve = axum::serve(listener, router)
             .with_graceful_shutdown(closing)
@@ -175,7 +236,8 @@ impl Application {
                 Ok(())
             }
         };
-        pruner.abort();
+        housekeeping.abort();
+        chat.goodbye().await;
         if !chat.drain_writes(shutdown_timeout).await {
             tracing::warn!("shutdown: some writes did not finish in time");
         }

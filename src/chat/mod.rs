@@ -16,6 +16,7 @@ use crate::{
     auth::TokenVerifier,
     broadcast::{Audience, Broadcaster},
     clock,
+    cluster::Redis,
     domain::{Draft, Identity, Member, RoomId, RoomKind, StoredMessage},
     error::ChatError,
     metrics::Metrics,
@@ -88,6 +89,8 @@ pub struct Chat {
     pub store: Arc<dyn Store>,
     pub verifier: TokenVerifier,
     pub metrics: Arc<Metrics>,
+    /// The cluster's Redis, when there are many nodes (readiness checks it).
+    pub redis: Option<Redis>,
     presence: Arc<dyn Presence>,
     shim: Option<AuthShim>,
     typing: Arc<Typing>,
@@ -103,6 +106,7 @@ pub struct ChatParts {
     pub store: Arc<dyn Store>,
     pub verifier: TokenVerifier,
     pub metrics: Arc<Metrics>,
+    pub redis: Option<Redis>,
     pub presence: Arc<dyn Presence>,
     pub shim: Option<AuthShim>,
     pub broadcaster: Broadcaster,
@@ -117,6 +121,7 @@ impl Chat {
             store: p.store,
             verifier: p.verifier,
             metrics: p.metrics,
+            redis: p.redis,
             presence: p.presence,
             shim: p.shim,
             typing: Arc::new(Typing::default()),
@@ -133,8 +138,8 @@ impl Chat {
     }
 
     /// Every client event passes here first: per-user rate limit, then size.
-    pub fn gate(&self, identity: &Identity, size: usize) -> Result<(), ChatError> {
-        if !self.limiter.check(identity.user.key()) {
+    pub async fn gate(&self, identity: &Identity, size: usize) -> Result<(), ChatError> {
+        if !self.limiter.check(identity.user.key()).await {
             return Err(ChatError::RateLimited);
         }
         if size > self.max_event_bytes {
@@ -146,9 +151,64 @@ impl Chat {
         Ok(())
     }
 
-    /// Forgets rate-limit state of idle users; run periodically, off the request path.
-    pub fn prune(&self) {
-        self.limiter.prune();
+    /// Periodic upkeep, off the request path, until the task is dropped:
+    /// forgets rate-limit state of idle users, and (many nodes) heartbeats and
+    /// announces offline the users of nodes that died.
+    pub async fn housekeeping(self: Arc<Self>) {
+        const PRUNE_EVERY: Duration = Duration::from_secs(60);
+        let every = self.presence.tick_every().unwrap_or(PRUNE_EVERY).min(PRUNE_EVERY);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            if self.presence.tick_every().is_some() {
+                self.cluster_tick().await;
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                self.limiter.prune();
+                last_prune = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    async fn cluster_tick(&self) {
+        let tick = match self.presence.tick().await {
+            Ok(tick) => tick,
+            Err(e) => {
+                self.metrics.redis_up.set(0);
+                tracing::error!(error = %e, "cluster heartbeat failed");
+                return;
+            }
+        };
+        self.metrics.redis_up.set(1);
+        self.metrics.cluster_nodes.set(tick.live_nodes as i64);
+        if tick.dead_nodes > 0 {
+            self.metrics.dead_nodes.inc_by(tick.dead_nodes as u64);
+            tracing::warn!(
+                nodes = tick.dead_nodes,
+                users = tick.offline.len(),
+                "reaped nodes that stopped sending heartbeats"
+            );
+        }
+        for (room, member) in &tick.offline {
+            self.broadcaster
+                .emit(
+                    Audience::room(room),
+                    "user-online",
+                    &json!({ "roomId": room, "userId": member.user, "online": false }),
+                )
+                .await;
+        }
+        if tick.forgotten {
+            tracing::error!("the cluster took this node for dead; reconnecting its sockets so they count again");
+            self.broadcaster.disconnect_here().await;
+        }
+    }
+
+    /// This node is leaving the cluster (shutdown).
+    pub async fn goodbye(&self) {
+        self.presence.goodbye().await;
     }
 
     /// Admission for `identity` to `room`; the member as the room shows them.
@@ -172,17 +232,36 @@ impl Chat {
             .map_err(|e| ChatError::internal("presence registry failed", &e))
     }
 
-    /// Takes every socket of a user out of `room` at once (e.g. removed from a group).
-    pub async fn evict(&self, room: &RoomId, user_key: &str) {
-        for socket in self.broadcaster.user_sockets(user_key) {
-            let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
-                continue;
-            };
-            if let Some(member) = conn.remove(room) {
-                socket.leave(room.to_string());
-                self.left(&conn, room, &member).await;
+    /// Takes every socket of a user out of `room` at once, on every node (e.g.
+    /// removed from a group). Presence changes before this returns, so every
+    /// node's `members` agrees as soon as the caller answers.
+    pub async fn evict(&self, room: &RoomId, user_key: &str) -> Result<(), ChatError> {
+        let gone = self
+            .presence
+            .evict(room, user_key)
+            .await
+            .map_err(|e| ChatError::internal("presence registry failed", &e))?;
+        self.broadcaster.leave_room(user_key, room).await;
+        if let Some(member) = gone {
+            if self.typing.stop(room, user_key) {
+                self.broadcaster
+                    .emit(
+                        Audience::room(room).except_user(user_key),
+                        "typing",
+                        &json!({ "roomId": room, "userId": member.user, "isTyping": false }),
+                    )
+                    .await;
             }
+            self.broadcaster
+                .emit(
+                    Audience::room(room).except_user(user_key),
+                    "user-online",
+                    &json!({ "roomId": room, "userId": member.user, "online": false }),
+                )
+                .await;
         }
+        self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
+        Ok(())
     }
 
     /// A socket entered `room`: count it, and announce the user when it is their first socket there.
@@ -194,11 +273,13 @@ impl Chat {
             .map_err(|e| ChatError::internal("presence registry failed", &e))?;
         self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
         if first {
-            self.broadcaster.emit(
-                Audience::room(room).except_user(conn.identity.user.key()),
-                "user-online",
-                &json!({ "roomId": room, "userId": member.user, "online": true }),
-            );
+            self.broadcaster
+                .emit(
+                    Audience::room(room).except_user(conn.identity.user.key()),
+                    "user-online",
+                    &json!({ "roomId": room, "userId": member.user, "online": true }),
+                )
+                .await;
         }
         Ok(())
     }
@@ -208,15 +289,17 @@ impl Chat {
     pub async fn left(&self, conn: &Conn, room: &RoomId, member: &Member) {
         let user = conn.identity.user.key();
         if self.typing.stop(room, user) {
-            self.announce_typing(room, &conn.identity, false);
+            self.announce_typing(room, &conn.identity, false).await;
         }
         match self.presence.leave(room, member.key(), &conn.socket_id).await {
             Ok(Some(gone)) => {
-                self.broadcaster.emit(
-                    Audience::room(room).except_user(user),
-                    "user-online",
-                    &json!({ "roomId": room, "userId": gone.user, "online": false }),
-                );
+                self.broadcaster
+                    .emit(
+                        Audience::room(room).except_user(user),
+                        "user-online",
+                        &json!({ "roomId": room, "userId": gone.user, "online": false }),
+                    )
+                    .await;
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, %room, "presence leave failed"),
@@ -285,41 +368,44 @@ impl Chat {
         if appended.created {
             self.metrics.messages_in.inc();
             if self.typing.stop(room, identity.user.key()) {
-                self.announce_typing(room, identity, false);
+                self.announce_typing(room, identity, false).await;
             }
             self.broadcaster
-                .emit(Audience::room(room), "new-message", &appended.message);
+                .emit(Audience::room(room), "new-message", &appended.message)
+                .await;
         }
         Ok(appended)
     }
 
     /// `typing` from a user: tell the room's other users, and arm the expiry.
-    pub fn typing(self: &Arc<Self>, identity: &Identity, room: &RoomId, is_typing: bool) {
+    pub async fn typing(self: &Arc<Self>, identity: &Identity, room: &RoomId, is_typing: bool) {
         let user = identity.user.key();
         if !is_typing {
             if self.typing.stop(room, user) {
-                self.announce_typing(room, identity, false);
+                self.announce_typing(room, identity, false).await;
             }
             return;
         }
         let generation = self.typing.start(room, user);
-        self.announce_typing(room, identity, true);
         let chat = Arc::clone(self);
-        let (room, identity) = (room.clone(), identity.clone());
+        let (expiring_room, expiring) = (room.clone(), identity.clone());
         tokio::spawn(async move {
             tokio::time::sleep(chat.typing_timeout).await;
-            if chat.typing.expire(&room, identity.user.key(), generation) {
-                chat.announce_typing(&room, &identity, false);
+            if chat.typing.expire(&expiring_room, expiring.user.key(), generation) {
+                chat.announce_typing(&expiring_room, &expiring, false).await;
             }
         });
+        self.announce_typing(room, identity, true).await;
     }
 
-    fn announce_typing(&self, room: &RoomId, identity: &Identity, is_typing: bool) {
-        self.broadcaster.emit(
-            Audience::room(room).except_user(identity.user.key()),
-            "typing",
-            &json!({ "roomId": room, "userId": identity.user, "isTyping": is_typing }),
-        );
+    async fn announce_typing(&self, room: &RoomId, identity: &Identity, is_typing: bool) {
+        self.broadcaster
+            .emit(
+                Audience::room(room).except_user(identity.user.key()),
+                "typing",
+                &json!({ "roomId": room, "userId": identity.user, "isTyping": is_typing }),
+            )
+            .await;
     }
 
     /// Waits (up to `timeout`) for message writes in flight; used at shutdown.

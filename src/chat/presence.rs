@@ -1,11 +1,12 @@
 //! Who is in which room right now, counted per user across all their sockets.
 //! The registry answers "first socket in?" and "last socket out?", which is what
-//! `user-online` needs. In-process today; a cluster-wide registry (Redis)
-//! implements the same trait.
+//! `user-online` needs. [`LocalPresence`] serves one node; the cluster-wide
+//! registry (`cluster::RedisPresence`) implements the same trait.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Mutex,
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -29,8 +30,31 @@ pub trait Presence: Send + Sync + 'static {
     async fn stats(&self, room: &RoomId) -> Result<RoomStats, PresenceError>;
     /// Every room with at least one socket, with its occupancy.
     async fn occupied(&self) -> Result<Vec<(RoomId, RoomStats)>, PresenceError>;
-    /// Rooms with at least one member (for metrics).
+    /// Removes every socket of the member in `room`, wherever they are; the member when they were present.
+    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Option<Member>, PresenceError>;
+    /// Rooms with at least one member on this node (for metrics).
     fn occupied_rooms(&self) -> usize;
+    /// How often [`Presence::tick`] must run; `None` when it has nothing to do.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Periodic upkeep: say this node is alive, and clear nodes that are not.
+    async fn tick(&self) -> Result<Tick, PresenceError> {
+        Ok(Tick::default())
+    }
+    /// This node is going away; let the others clear what it leaves behind.
+    async fn goodbye(&self) {}
+}
+
+/// What a periodic [`Presence::tick`] found.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Users who went offline in a room because their node died.
+    pub offline: Vec<(RoomId, Member)>,
+    pub dead_nodes: usize,
+    pub live_nodes: usize,
+    /// Other nodes took this one for dead and removed its entries.
+    pub forgotten: bool,
 }
 
 /// How full a room is: distinct users, and their sockets.
@@ -134,6 +158,18 @@ impl Presence for LocalPresence {
             .collect())
     }
 
+    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Option<Member>, PresenceError> {
+        let mut state = self.lock();
+        let Some(members) = state.rooms.get_mut(room) else {
+            return Ok(None);
+        };
+        let gone = members.remove(member_key).map(|e| e.member);
+        if members.is_empty() {
+            state.rooms.remove(room);
+        }
+        Ok(gone)
+    }
+
     fn occupied_rooms(&self) -> usize {
         self.lock().rooms.len()
     }
@@ -176,5 +212,22 @@ mod tests {
         assert_eq!(p.occupied_rooms(), 1);
         assert!(p.leave(&room, "7", "c").await.expect("ok").is_some());
         assert_eq!(p.occupied_rooms(), 0);
+    }
+
+    #[tokio::test]
+    async fn evict_takes_every_socket_of_the_member() {
+        let p = LocalPresence::default();
+        let room = RoomId::parse("lobby").expect("room");
+        p.join(&room, &member(5), "a").await.expect("ok");
+        p.join(&room, &member(5), "b").await.expect("ok");
+        p.join(&room, &member(7), "c").await.expect("ok");
+        assert_eq!(p.evict(&room, "5").await.expect("ok"), Some(member(5)));
+        assert_eq!(p.evict(&room, "5").await.expect("ok"), None);
+        assert_eq!(
+            p.leave(&room, "5", "a").await.expect("ok"),
+            None,
+            "evicted socket leaves quietly"
+        );
+        assert_eq!(p.stats(&room).await.expect("ok"), RoomStats { users: 1, sockets: 1 });
     }
 }

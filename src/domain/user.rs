@@ -96,6 +96,15 @@ impl Member {
     pub fn key(&self) -> &str {
         self.user.key()
     }
+
+    /// Reads back what [`Member`]'s `Serialize` wrote.
+    pub fn from_value(value: Value) -> Option<Self> {
+        let Value::Object(mut info) = value else {
+            return None;
+        };
+        let user = UserId::from_json(&info.remove("userId")?)?;
+        Some(Self { user, info })
+    }
 }
 
 impl Serialize for Member {
@@ -152,7 +161,9 @@ mod tests {
             },
             token: "t".into(),
         };
-        let v = serde_json::to_value(Member::from_identity(&identity)).ok();
+        let member = Member::from_identity(&identity);
+        let v = serde_json::to_value(&member).ok();
         assert_eq!(v, Some(json!({"userId": 12, "username": "carol"})));
+        assert_eq!(v.and_then(Member::from_value), Some(member), "round trip");
     }
 }

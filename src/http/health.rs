@@ -20,15 +20,31 @@ pub fn router() -> Router<Arc<Chat>> {
         .route("/metrics", get(metrics))
 }
 
+/// Ready while the database and (with many nodes) Redis answer within 2 s each,
+/// so a load balancer stops sending clients to a node that lost either.
 async fn ready(State(chat): State<Arc<Chat>>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), chat.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready".to_owned()),
+    const LIMIT: Duration = Duration::from_secs(2);
+    match tokio::time::timeout(LIMIT, chat.store.ping()).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_owned())
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database timed out".to_owned()),
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "database timed out"),
     }
+    if let Some(redis) = &chat.redis {
+        let answer = tokio::time::timeout(LIMIT, redis.ping()).await;
+        chat.metrics.redis_up.set(i64::from(matches!(answer, Ok(Ok(())))));
+        match answer {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: redis unavailable");
+                return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable");
+            }
+            Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "redis timed out"),
+        }
+    }
+    (StatusCode::OK, "ready")
 }
 
 async fn metrics(State(chat): State<Arc<Chat>>) -> impl IntoResponse {

@@ -62,7 +62,7 @@ async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ChatError> {
     let result = async {
-        chat.gate(&identity, 0)?;
+        chat.gate(&identity, 0).await?;
         let room = RoomId::parse(&room)?;
         let limit = match params.get("limit").map(String::as_str) {
             None | Some("") => HISTORY_LATEST,
@@ -94,7 +94,7 @@ async fn send(
     body: Bytes,
 ) -> Result<impl IntoResponse, ChatError> {
     let result = async {
-        chat.gate(&identity, body.len())?;
+        chat.gate(&identity, body.len()).await?;
         let data: Value =
             serde_json::from_slice(&body).map_err(|e| ChatError::InvalidPayload(format!("body must be JSON: {e}")))?;
         let draft = Draft::parse(&data, Some(&room))?;

@@ -260,11 +260,13 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 /// Delivers a checked event and returns the requested channel info, if any.
 async fn deliver(chat: &Chat, event: &Checked) -> Result<Option<Map<String, Value>>, ApiError> {
     for room in &event.rooms {
-        chat.broadcaster().emit(
-            Audience::room(room).except_socket(event.socket_id.as_deref()),
-            &event.name,
-            &event.payload,
-        );
+        chat.broadcaster()
+            .emit(
+                Audience::room(room).except_socket(event.socket_id.as_deref()),
+                &event.name,
+                &event.payload,
+            )
+            .await;
     }
     if event.info.is_empty() {
         return Ok(None);
@@ -405,8 +407,8 @@ async fn terminate(
     if user_id.is_empty() {
         return Err(ApiError::BadRequest("Invalid user id".into()));
     }
-    let n = api.chat.broadcaster().disconnect_user(&user_id);
-    tracing::info!(user = %user_id, sockets = n, "terminated connections");
+    api.chat.broadcaster().disconnect_user(&user_id).await;
+    tracing::info!(user = %user_id, "terminated connections");
     Ok(Json(json!({})))
 }
 
@@ -444,7 +446,10 @@ async fn remove_member(
         .map_err(|e| {
             ApiError::Internal(crate::error::ChatError::internal("could not remove group member", &e).to_string())
         })?;
-    api.chat.evict(&room, &user_id).await;
+    api.chat
+        .evict(&room, &user_id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(json!({ "ok": true, "member": false })))
 }
 

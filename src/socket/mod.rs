@@ -9,13 +9,14 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use socketioxide::{
     SocketIo,
+    adapter::Adapter,
     extract::{AckSender, SocketRef, TryData},
     handler::ConnectHandler,
 };
+use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::{
     auth::AuthError,
-    broadcast::{socket_room, user_room},
     chat::{Chat, Conn, join_reply, message_reply},
     domain::{Draft, RoomId},
     error::ChatError,
@@ -27,9 +28,12 @@ use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
 /// event handlers *before* socketioxide confirms the connection: the connect
 /// handler runs as a separate task after the confirmation, so handlers added
 /// there could miss an event the client sends the moment it is connected.
-pub fn register(io: &SocketIo, chat: Arc<Chat>) {
+///
+/// Generic over the adapter: one node runs the in-memory adapter, many nodes
+/// the Redis one. The returned value initialises the adapter (Redis subscriptions).
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, chat: Arc<Chat>) -> A::InitRes {
     let for_connect = chat.clone();
-    let on_connect = move |s: SocketRef| {
+    let on_connect = move |s: SocketRef<A>| {
         let chat = for_connect.clone();
         async move {
             if let Some(conn) = conn_of(&s) {
@@ -38,7 +42,7 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>) {
             }
         }
     };
-    let authenticate = move |s: SocketRef, TryData(auth): TryData<Value>| {
+    let authenticate = move |s: SocketRef<A>, TryData(auth): TryData<Value>| {
         let chat = chat.clone();
         async move {
             match authenticate(&s, auth.ok().as_ref(), &chat) {
@@ -54,12 +58,12 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>) {
             }
         }
     };
-    io.ns("/", on_connect.with(authenticate));
+    io.ns("/", on_connect.with(authenticate))
 }
 
 /// The token comes from `auth.token`, the `token` query parameter, or an
 /// `Authorization: Bearer` header, in that order.
-fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<Arc<Conn>, AuthError> {
+fn authenticate<A: Adapter>(s: &SocketRef<A>, auth: Option<&Value>, chat: &Chat) -> Result<Arc<Conn>, AuthError> {
     let parts = s.req_parts();
     let from_auth = auth
         .and_then(|a| a.get("token"))
@@ -91,19 +95,26 @@ fn authenticate(s: &SocketRef, auth: Option<&Value>, chat: &Chat) -> Result<Arc<
     Ok(conn)
 }
 
-fn conn_of(s: &SocketRef) -> Option<Arc<Conn>> {
+fn conn_of<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Conn>> {
     s.extensions.get::<Arc<Conn>>()
 }
 
+/// In the room for real: the socket's own record says so *and* the socket is
+/// still in the Socket.IO room. An eviction from another node removes the
+/// latter only (through the adapter), and that is what counts.
+fn in_room<A: Adapter>(s: &SocketRef<A>, conn: &Conn, room: &RoomId) -> bool {
+    conn.joined(room) && s.rooms().iter().any(|r| r == room.as_str())
+}
+
 /// Joins the socket's internal rooms and registers every client event.
-fn attach(s: &SocketRef, chat: &Arc<Chat>, conn: &Conn) {
+fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
     chat.metrics.connections.inc();
-    s.join([user_room(conn.identity.user.key()), socket_room(&conn.socket_id)]);
+    s.join(chat.broadcaster().rooms_of(conn.identity.user.key(), &conn.socket_id));
 
     on(s, chat, "join-room", |chat, s, conn, data| async move {
         let req = JoinRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
-        if !conn.joined(&room) {
+        if !in_room(&s, &conn, &room) {
             let member = chat.admit(conn.seeker(), &room).await?;
             s.join(room.to_string());
             conn.insert(room.clone(), member.clone());
@@ -133,28 +144,28 @@ fn attach(s: &SocketRef, chat: &Arc<Chat>, conn: &Conn) {
         Ok(json!({ "ok": true }))
     });
 
-    on(s, chat, "send-message", |chat, _s, conn, data| async move {
+    on(s, chat, "send-message", |chat, s, conn, data| async move {
         let draft = Draft::parse(&data, None)?;
         let room = RoomId::parse(&draft.room)?;
-        if !conn.joined(&room) {
+        if !in_room(&s, &conn, &room) {
             return Err(ChatError::NotJoined(room));
         }
         let appended = chat.send(&conn.identity, &room, draft).await?;
         Ok(message_reply(&appended.message))
     });
 
-    on(s, chat, "typing", |chat, _s, conn, data| async move {
+    on(s, chat, "typing", |chat, s, conn, data| async move {
         let req = TypingRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
-        if !conn.joined(&room) {
+        if !in_room(&s, &conn, &room) {
             return Err(ChatError::NotJoined(room));
         }
-        chat.typing(&conn.identity, &room, req.is_typing);
+        chat.typing(&conn.identity, &room, req.is_typing).await;
         Ok(json!({ "ok": true }))
     });
 
     let chat = chat.clone();
-    s.on_disconnect(move |s: SocketRef| {
+    s.on_disconnect(move |s: SocketRef<A>| {
         let chat = chat.clone();
         async move {
             chat.metrics.connections.dec();
@@ -169,20 +180,20 @@ fn attach(s: &SocketRef, chat: &Arc<Chat>, conn: &Conn) {
 
 /// Registers one client event: every event is rate limited, size checked and
 /// answered with an ack, whatever its payload; nothing closes the connection.
-fn on<F, Fut>(s: &SocketRef, chat: &Arc<Chat>, event: &'static str, handler: F)
+fn on<A: Adapter, F, Fut>(s: &SocketRef<A>, chat: &Arc<Chat>, event: &'static str, handler: F)
 where
-    F: Fn(Arc<Chat>, SocketRef, Arc<Conn>, Value) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Arc<Chat>, SocketRef<A>, Arc<Conn>, Value) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, ChatError>> + Send + 'static,
 {
     let chat = chat.clone();
     s.on(
         event,
-        move |s: SocketRef, TryData(data): TryData<Value>, ack: AckSender| {
+        move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
             let (chat, handler) = (chat.clone(), handler.clone());
             async move {
                 let Some(conn) = conn_of(&s) else { return };
                 let data = data.unwrap_or(Value::Null);
-                let result = match chat.gate(&conn.identity, json_size(&data)) {
+                let result = match chat.gate(&conn.identity, json_size(&data)).await {
                     Ok(()) => handler(chat.clone(), s, conn, data).await,
                     Err(e) => Err(e),
                 };

@@ -46,7 +46,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = Application::with_listener(settings, listener).await.expect("build");
     let addr = app.local_addr().expect("addr");
-    let io = app.io();
+    let io = app.io().expect("a single node has an in-process Socket.IO");
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {
         let _ = stopped.await;
