@@ -33,7 +33,7 @@ pub struct Config {
     pub host: String,
 
     /// `sqlite://PATH` (embedded) or `postgres://…`. Default: a SQLite file under ./data/.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// HS256 secret for user tokens.
