@@ -101,3 +101,6 @@ fn new_node_id() -> String {
     let bytes: [u8; 8] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;
