@@ -25,8 +25,9 @@ use crate::{
     chat::{
         Chat, ChatParts,
         presence::{LocalPresence, Presence},
+        typing::{LocalTyping, Typing},
     },
-    cluster::{self, RedisPresence, SharedLimit},
+    cluster::{self, RedisPresence, SharedLimit, SharedTyping},
     config::{JwtKey, Origins, Settings},
     error::ChatError,
     http,
@@ -84,7 +85,7 @@ impl Application {
             ),
             None => None,
         };
-        let (presence, limiter): (Arc<dyn Presence>, RateLimit) = match &redis {
+        let (presence, limiter, typing): (Arc<dyn Presence>, RateLimit, Typing) = match &redis {
             Some(redis) => (
                 Arc::new(RedisPresence::new(redis.clone())),
                 RateLimit::Shared(SharedLimit::new(
@@ -92,10 +93,12 @@ impl Application {
                     settings.rate_limit_per_sec,
                     settings.rate_limit_burst,
                 )),
+                Typing::Shared(SharedTyping::new(redis.clone(), settings.typing_timeout)),
             ),
             None => (
                 Arc::new(LocalPresence::default()),
                 RateLimit::local(settings.rate_limit_per_sec, settings.rate_limit_burst),
+                Typing::Local(LocalTyping::default()),
             ),
         };
         if let Some(redis) = &redis {
@@ -128,6 +131,7 @@ impl Application {
             presence,
             broadcaster,
             limiter,
+            typing,
             typing_timeout: settings.typing_timeout,
             max_event_bytes: settings.max_event_bytes,
             shim,

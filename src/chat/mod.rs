@@ -111,6 +111,7 @@ pub struct ChatParts {
     pub shim: Option<AuthShim>,
     pub broadcaster: Broadcaster,
     pub limiter: RateLimit,
+    pub typing: Typing,
     pub typing_timeout: Duration,
     pub max_event_bytes: usize,
 }
@@ -124,7 +125,7 @@ impl Chat {
             redis: p.redis,
             presence: p.presence,
             shim: p.shim,
-            typing: Arc::new(Typing::default()),
+            typing: Arc::new(p.typing),
             broadcaster: p.broadcaster,
             limiter: p.limiter,
             typing_timeout: p.typing_timeout,
@@ -243,7 +244,7 @@ impl Chat {
             .map_err(|e| ChatError::internal("presence registry failed", &e))?;
         self.broadcaster.leave_room(user_key, room).await;
         if let Some(member) = gone {
-            if self.typing.stop(room, user_key) {
+            if self.typing.stop(room, user_key).await {
                 self.broadcaster
                     .emit(
                         Audience::room(room).except_user(user_key),
@@ -288,7 +289,7 @@ impl Chat {
     /// the user offline there when it was their last socket.
     pub async fn left(&self, conn: &Conn, room: &RoomId, member: &Member) {
         let user = conn.identity.user.key();
-        if self.typing.stop(room, user) {
+        if self.typing.stop(room, user).await {
             self.announce_typing(room, &conn.identity, false).await;
         }
         match self.presence.leave(room, member.key(), &conn.socket_id).await {
@@ -367,7 +368,7 @@ impl Chat {
             .map_err(|e| ChatError::internal("could not store the message", &e))?;
         if appended.created {
             self.metrics.messages_in.inc();
-            if self.typing.stop(room, identity.user.key()) {
+            if self.typing.stop(room, identity.user.key()).await {
                 self.announce_typing(room, identity, false).await;
             }
             self.broadcaster
@@ -381,17 +382,21 @@ impl Chat {
     pub async fn typing(self: &Arc<Self>, identity: &Identity, room: &RoomId, is_typing: bool) {
         let user = identity.user.key();
         if !is_typing {
-            if self.typing.stop(room, user) {
+            if self.typing.stop(room, user).await {
                 self.announce_typing(room, identity, false).await;
             }
             return;
         }
-        let generation = self.typing.start(room, user);
+        let generation = self.typing.start(room, user).await;
         let chat = Arc::clone(self);
         let (expiring_room, expiring) = (room.clone(), identity.clone());
         tokio::spawn(async move {
             tokio::time::sleep(chat.typing_timeout).await;
-            if chat.typing.expire(&expiring_room, expiring.user.key(), generation) {
+            if chat
+                .typing
+                .expire(&expiring_room, expiring.user.key(), &generation)
+                .await
+            {
                 chat.announce_typing(&expiring_room, &expiring, false).await;
             }
         });

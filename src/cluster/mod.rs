@@ -1,7 +1,8 @@
 //! Many nodes sharing one Redis: the connection, the key layout, and this
 //! node's heartbeat. Broadcasts between nodes ride on socketioxide-redis (wired
 //! in `startup`); this module owns the cluster's *state*: who is present where
-//! ([`RedisPresence`]) and the shared per-user rate budget ([`SharedLimit`]).
+//! ([`RedisPresence`]), who is typing ([`SharedTyping`]) and the shared
+//! per-user rate budget ([`SharedLimit`]).
 //!
 //! Every node writes a heartbeat into a sorted set; any node that sees another
 //! silent past the node timeout removes that node's presence entries in one
@@ -14,6 +15,7 @@
 mod presence;
 mod ratelimit;
 mod scripts;
+mod typing;
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use redis::aio::ConnectionManager;
 
 pub use presence::RedisPresence;
 pub use ratelimit::SharedLimit;
+pub use typing::SharedTyping;
 
 use crate::config::ClusterSettings;
 

@@ -183,3 +183,13 @@ return 1
 "#,
     )
 });
+
+/// KEYS: one key. ARGV: expected value. Deletes the key only if it holds that value.
+pub static DELETE_IF: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});

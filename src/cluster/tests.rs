@@ -32,7 +32,10 @@ async fn nodes(settings: &ClusterSettings) -> (RedisPresence, RedisPresence) {
 fn member(id: i64) -> Member {
     Member {
         user: UserId::from_json(&json!(id)).expect("id"),
-        info: json!({ "username": format!("u{id}") }).as_object().cloned().unwrap_or_default(),
+        info: json!({ "username": format!("u{id}") })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
@@ -46,8 +49,14 @@ async fn first_in_and_last_out_count_every_node() {
     let (a, b) = nodes(&settings).await;
     let room = RoomId::parse("lobby").expect("room");
     assert!(a.join(&room, &member(5), "s1").await.expect("join"));
-    assert!(!b.join(&room, &member(5), "s2").await.expect("join"), "second socket, other node");
-    assert!(!a.join(&room, &member(5), "s1").await.expect("join"), "same socket twice");
+    assert!(
+        !b.join(&room, &member(5), "s2").await.expect("join"),
+        "second socket, other node"
+    );
+    assert!(
+        !a.join(&room, &member(5), "s1").await.expect("join"),
+        "same socket twice"
+    );
     assert!(b.join(&room, &member(7), "s3").await.expect("join"));
     assert_eq!(keys(&b.members(&room).await.expect("members")), ["5", "7"]);
     assert_eq!(a.members(&room).await.expect("members")[0], member(5), "profile kept");
@@ -73,7 +82,11 @@ async fn evict_takes_the_member_out_on_every_node() {
     b.join(&room, &member(7), "s3").await.expect("join");
     assert_eq!(a.evict(&room, "5").await.expect("evict"), Some(member(5)));
     assert_eq!(keys(&b.members(&room).await.expect("members")), ["7"]);
-    assert_eq!(b.leave(&room, "5", "s2").await.expect("leave"), None, "evicted socket leaves quietly");
+    assert_eq!(
+        b.leave(&room, "5", "s2").await.expect("leave"),
+        None,
+        "evicted socket leaves quietly"
+    );
     assert_eq!(a.stats(&room).await.expect("stats"), RoomStats { users: 1, sockets: 1 });
 }
 
@@ -83,7 +96,10 @@ async fn a_silent_node_is_reaped_once_and_its_users_go_offline() {
     let (a, b) = nodes(&settings).await;
     a.tick().await.expect("tick a");
     b.tick().await.expect("tick b");
-    let (lobby, other) = (RoomId::parse("lobby").expect("room"), RoomId::parse("other").expect("room"));
+    let (lobby, other) = (
+        RoomId::parse("lobby").expect("room"),
+        RoomId::parse("other").expect("room"),
+    );
     a.join(&lobby, &member(5), "s1").await.expect("join");
     b.join(&lobby, &member(5), "s2").await.expect("join");
     b.join(&lobby, &member(7), "s3").await.expect("join");
@@ -124,4 +140,26 @@ async fn the_rate_budget_is_shared_by_every_node() {
     }
     assert_eq!(allowed, 4, "the burst, counted across nodes");
     assert!(a.check("7").await.expect("check"), "users have separate budgets");
+}
+
+#[tokio::test]
+async fn typing_refreshed_on_another_node_defeats_the_first_timer() {
+    let Some(settings) = settings() else { return };
+    let a = super::SharedTyping::new(Redis::connect(&settings).await.expect("redis"), Duration::from_secs(8));
+    let b = super::SharedTyping::new(Redis::connect(&settings).await.expect("redis"), Duration::from_secs(8));
+    let room = RoomId::parse("lobby").expect("room");
+    let first = a.start(&room, "5").await.expect("start");
+    let second = b.start(&room, "5").await.expect("start");
+    assert_ne!(first, second);
+    assert!(
+        !a.expire(&room, "5", &first).await.expect("expire"),
+        "refreshed elsewhere"
+    );
+    assert!(
+        a.stop(&room, "5").await.expect("stop"),
+        "a stop through any node counts"
+    );
+    assert!(!b.expire(&room, "5", &second).await.expect("expire"), "already stopped");
+    let third = b.start(&room, "5").await.expect("start");
+    assert!(b.expire(&room, "5", &third).await.expect("expire"));
 }
