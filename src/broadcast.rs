@@ -22,7 +22,7 @@ use socketioxide::{
 use crate::{domain::RoomId, metrics::Metrics};
 
 /// The Socket.IO adapter that carries broadcasts between nodes.
-pub type ClusterAdapter = socketioxide_redis::RedisAdapter<Emitter>;
+pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<Emitter, crate::cluster::PubSub>;
 
 /// Internal room holding every socket of one user. `#` never appears in a
 /// client room id, so these can't collide with rooms clients join.

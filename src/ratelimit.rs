@@ -10,7 +10,7 @@ use crate::cluster::SharedLimit;
 
 pub enum RateLimit {
     Local(DefaultKeyedRateLimiter<String>),
-    Shared(SharedLimit),
+    Shared(Box<SharedLimit>),
 }
 
 impl RateLimit {

@@ -88,12 +88,12 @@ impl Application {
         let (presence, limiter, typing): (Arc<dyn Presence>, RateLimit, Typing) = match &redis {
             Some(redis) => (
                 Arc::new(RedisPresence::new(redis.clone())),
-                RateLimit::Shared(SharedLimit::new(
+                RateLimit::Shared(Box::new(SharedLimit::new(
                     redis.clone(),
                     settings.rate_limit_per_sec,
                     settings.rate_limit_burst,
-                )),
-                Typing::Shared(SharedTyping::new(redis.clone(), settings.typing_timeout)),
+                ))),
+                Typing::Shared(Box::new(SharedTyping::new(redis.clone(), settings.typing_timeout))),
             ),
             None => (
                 Arc::new(LocalPresence::default()),
@@ -156,9 +156,10 @@ impl Application {
                 let config = RedisAdapterConfig::new()
                     .with_prefix(format!("{}:sio", redis.prefix()))
                     .with_stream_buffer(ADAPTER_STREAM_BUFFER);
-                let adapter = RedisAdapterCtr::new_with_redis_config(redis.client(), config)
+                let pubsub = cluster::PubSub::connect(redis.client())
                     .await
                     .context("cannot open the Redis pub/sub connection")?;
+                let adapter = RedisAdapterCtr::new_with_driver(pubsub, config);
                 let (layer, io) = builder.with_adapter::<ClusterAdapter>(adapter).build_layer();
                 let broadcaster = Broadcaster::cluster(io.clone(), redis.node(), metrics.clone());
                 let chat = Arc::new(Chat::new(parts(broadcaster)));

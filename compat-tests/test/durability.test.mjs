@@ -21,6 +21,9 @@ after(stopServers)
 
 const ENV = { RATE_LIMIT_PER_SEC: 100000, RATE_LIMIT_BURST: 100000 }
 
+// In cluster mode the client lands on one node of the cluster, kill9() kills
+// every node, and the restart is a new cluster on the same Postgres database:
+// acked messages must survive that as well.
 describe('kill -9 after acks loses nothing', () => {
   for (const { name, transports } of TRANSPORTS) {
     test(`[${name}] N acked messages survive SIGKILL and a restart on the same database`, async () => {

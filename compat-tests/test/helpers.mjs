@@ -4,11 +4,22 @@
 // `connect()` and servers made by `startServer()` are tracked so that the
 // `closeSockets()` / `stopServers()` hooks (and a last-resort process 'exit'
 // handler) always release them and the runner can exit.
+//
+// Cluster mode (CONTRACT "Many nodes"): with SB_TEST_CLUSTER=N (N >= 2),
+// SB_TEST_REDIS (redis://host:port) and SB_TEST_POSTGRES (admin URL) set,
+// `startServer()` starts N nodes sharing one fresh Postgres database and one
+// fresh REDIS_PREFIX, and returns a handle shaped like a single server's whose
+// `url` is "spread": every `connect()` to it picks the next node round-robin,
+// and `http()` / the Pusher helpers rotate through the nodes too. So the whole
+// suite runs with its clients spread over the cluster, unchanged.
+// `startServer({ single: true })` keeps one process (a one-node cluster in
+// cluster mode) for the tests that need one; `startCluster()` always starts a
+// cluster, with node handles whose URLs are pinned to one node each.
 
 import { execFileSync, spawn } from 'node:child_process'
 import { createHmac, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { createServer, connect as netConnect } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -52,16 +63,38 @@ const SCRUBBED_ENV = [
   'MAX_EVENT_BYTES',
   'TYPING_TIMEOUT_MS',
   'SHUTDOWN_TIMEOUT_SECS',
+  'REDIS_PREFIX',
+  'NODE_TIMEOUT_MS',
+  'MAX_FRAME_BYTES',
+  'PUSHER_AUTH_TIMEOUT_MS',
+  'SOCKET_BUFFER_PACKETS',
 ]
+
+/** SB_TEST_CLUSTER=N (N >= 2): `startServer()` starts an N-node cluster (see the top of this file). */
+export const CLUSTER_SIZE = Number.parseInt(process.env.SB_TEST_CLUSTER || '0', 10) || 0
+export const CLUSTER_MODE = CLUSTER_SIZE >= 2
+/** Why a cluster cannot be started here, or '' when SB_TEST_REDIS and SB_TEST_POSTGRES are set. */
+export const CLUSTER_UNAVAILABLE =
+  process.env.SB_TEST_REDIS && process.env.SB_TEST_POSTGRES
+    ? ''
+    : 'needs SB_TEST_REDIS (redis://…) and SB_TEST_POSTGRES (a Postgres admin URL); scripts/test.sh sets both'
 
 const liveServers = new Set()
 const liveSockets = new Set()
+const liveRedis = new Set()
 const tempDirs = new Set()
+/** Spread URLs of cluster handles made by startServer() -> the handle (see spreadHandle). */
+const spreads = new Map()
 
 process.on('exit', () => {
   for (const s of liveServers) {
     try {
       s.proc.kill('SIGKILL')
+    } catch {}
+  }
+  for (const r of liveRedis) {
+    try {
+      r.proc.kill('SIGKILL')
     } catch {}
   }
   for (const d of tempDirs) {
@@ -131,6 +164,12 @@ function buildEnv({ port, host, dbUrl, env = {} }) {
 function defaultDatabase(dir) {
   const admin = process.env.SB_TEST_POSTGRES
   if (!admin) return `sqlite://${path.join(dir, 'db.sqlite')}`
+  return newPostgresDatabase(admin)
+}
+
+/** Creates an empty database on the Postgres server `admin` names; returns its URL. */
+export function newPostgresDatabase(admin = process.env.SB_TEST_POSTGRES) {
+  if (!admin) throw new Error('newPostgresDatabase: SB_TEST_POSTGRES is not set')
   const name = `sb_compat_${randomBytes(6).toString('hex')}`
   execFileSync('psql', [admin, '-qc', `CREATE DATABASE ${name}`], { stdio: 'ignore', timeout: 10000 })
   return `${admin.slice(0, admin.lastIndexOf('/'))}/${name}`
@@ -140,7 +179,7 @@ function defaultDatabase(dir) {
  * Spawns the switchboard binary without waiting for readiness.
  * Returns { proc, output(), exited (promise of {code, signal}), port, url, env, cwd }.
  */
-export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl } = {}) {
+export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl, label } = {}) {
   port ??= await freePort()
   const dir = makeTempDir()
   cwd ??= dir
@@ -173,6 +212,7 @@ export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl } = {}
     output: () => `--- stdout ---\n${stdout}\n--- stderr ---\n${stderr}`,
     stdout: () => stdout,
     stderr: () => stderr,
+    label,
   }
   exited.then((info) => {
     handle.exitInfo = info
@@ -181,7 +221,8 @@ export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl } = {}
     if (process.env.SB_LOG_DIR) {
       try {
         mkdirSync(process.env.SB_LOG_DIR, { recursive: true })
-        writeFileSync(path.join(process.env.SB_LOG_DIR, `server-${port}.log`), handle.output())
+        const name = label ? `server-${port}-${label}.log` : `server-${port}.log`
+        writeFileSync(path.join(process.env.SB_LOG_DIR, name), handle.output())
       } catch {}
     }
   })
@@ -193,9 +234,38 @@ export async function spawnServer({ env = {}, args = [], port, cwd, dbUrl } = {}
  * Starts the server and waits until GET /healthz answers 200 (20 s max).
  * `env` entries override the defaults (PORT, HOST, DATABASE_URL, JWT_SECRET);
  * pass `dbUrl` to reuse a database (e.g. after a restart).
+ *
+ * In cluster mode (SB_TEST_CLUSTER=N) this starts N nodes (see startCluster)
+ * and returns a spread handle: same fields as a single server's (`url`,
+ * `port`, `dbUrl`, `env`, `output()`, `stop()`, `kill9()`, …), plus `nodes`
+ * (pinned node handles) and `cluster`; `stop()` / `kill9()` act on every
+ * node. `single: true` starts one process instead (still with Redis in
+ * cluster mode: a one-node cluster); a SQLite database (an explicit
+ * `sqlite://` dbUrl, or `--dev`) is always one plain node, as SQLite is
+ * single-node only.
  */
-export async function startServer({ env = {}, args = [], dbUrl, port, cwd, readyTimeoutMs = 20000 } = {}) {
-  const h = await spawnServer({ env, args, dbUrl, port, cwd })
+export async function startServer({ single = false, ...opts } = {}) {
+  if (!CLUSTER_MODE || usesSqlite(opts)) return startNode(opts)
+  if (CLUSTER_UNAVAILABLE) throw new Error(`SB_TEST_CLUSTER=${CLUSTER_SIZE} ${CLUSTER_UNAVAILABLE}`)
+  const { env, args, dbUrl, port, cwd, readyTimeoutMs } = opts
+  const cluster = await startCluster({ nodes: single ? 1 : CLUSTER_SIZE, env, args, dbUrl, port, cwd, readyTimeoutMs })
+  if (single) {
+    const h = cluster.nodes[0]
+    h.cluster = cluster
+    return h
+  }
+  return spreadHandle(cluster)
+}
+
+function usesSqlite({ args = [], dbUrl, env = {} }) {
+  if (args.includes('--dev')) return true
+  const db = dbUrl ?? env.DATABASE_URL
+  return typeof db === 'string' && db.startsWith('sqlite')
+}
+
+/** One server process, ready (GET /healthz 200). */
+async function startNode({ env = {}, args = [], dbUrl, port, cwd, label, readyTimeoutMs = 20000 } = {}) {
+  const h = await spawnServer({ env, args, dbUrl, port, cwd, label })
   const deadline = Date.now() + readyTimeoutMs
   let lastErr = 'no answer'
   for (;;) {
@@ -219,6 +289,173 @@ export async function startServer({ env = {}, args = [], dbUrl, port, cwd, ready
   h.stop = (timeoutMs = 20000) => stopProc(h, 'SIGTERM', timeoutMs)
   h.kill9 = () => stopProc(h, 'SIGKILL', 5000)
   return h
+}
+
+/** Exit infos of several nodes as one: code 0 only when every node exited 0. */
+function combineExits(infos) {
+  const bad = infos.find((i) => i.code !== 0)
+  return { code: bad ? bad.code : 0, signal: (bad ?? infos[0])?.signal ?? null, nodes: infos }
+}
+
+/**
+ * Starts a cluster: `nodes` server processes sharing one Postgres database
+ * (a fresh one unless `dbUrl` is given) and one Redis prefix (fresh unless
+ * `prefix` is given), with `env` on every node. Needs SB_TEST_REDIS (or
+ * `redisUrl`) and SB_TEST_POSTGRES (or `dbUrl`).
+ *
+ * Returns { nodes: [handle…], prefix, dbUrl, redisUrl, env,
+ *           addNode({ env }) -> handle  (one more node in the same cluster),
+ *           stop(ms), kill9(), output() }.
+ * Node handles are what startServer() returns for one server; their `url`
+ * always reaches that node (never spread).
+ */
+export async function startCluster({
+  nodes = 2,
+  env = {},
+  args = [],
+  dbUrl,
+  prefix,
+  redisUrl = process.env.SB_TEST_REDIS,
+  port,
+  cwd,
+  readyTimeoutMs = 30000,
+} = {}) {
+  if (!redisUrl) throw new Error('startCluster: SB_TEST_REDIS is not set (a redis:// URL)')
+  dbUrl ??= newPostgresDatabase()
+  prefix ??= `sbt_${randomBytes(6).toString('hex')}`
+  const clusterEnv = { ...env, REDIS_URL: redisUrl, REDIS_PREFIX: prefix }
+  const cluster = {
+    nodes: [],
+    prefix,
+    dbUrl,
+    redisUrl,
+    env: clusterEnv,
+    async addNode({ env: extra = {}, port: nodePort } = {}) {
+      const index = cluster.nodes.length
+      const h = await startNode({
+        env: { ...clusterEnv, ...extra },
+        args,
+        dbUrl,
+        port: nodePort,
+        cwd,
+        label: `${prefix}-n${index}`,
+        readyTimeoutMs,
+      })
+      h.index = index
+      h.cluster = cluster
+      cluster.nodes.push(h)
+      return h
+    },
+    async stop(timeoutMs = 20000) {
+      const results = await Promise.allSettled(cluster.nodes.map((h) => h.stop(timeoutMs)))
+      const failed = results.find((r) => r.status === 'rejected')
+      if (failed) throw failed.reason
+      return combineExits(results.map((r) => r.value))
+    },
+    async kill9() {
+      return combineExits(await Promise.all(cluster.nodes.map((h) => h.kill9())))
+    },
+    output: () => cluster.nodes.map((h) => `=== node ${h.index} ${h.url} (${prefix}) ===\n${h.output()}`).join('\n'),
+  }
+  // In parallel, as an orchestrator would (sqlx migrations take a Postgres advisory lock).
+  const started = await Promise.allSettled(
+    Array.from({ length: nodes }, (_, i) =>
+      startNode({
+        env: clusterEnv,
+        args,
+        dbUrl,
+        port: i === 0 ? port : undefined,
+        cwd,
+        label: `${prefix}-n${i}`,
+        readyTimeoutMs,
+      }),
+    ),
+  )
+  const failed = started.find((r) => r.status === 'rejected')
+  if (failed) {
+    await Promise.all(started.filter((r) => r.status === 'fulfilled').map((r) => r.value.kill9().catch(() => {})))
+    throw failed.reason
+  }
+  started.forEach((r, i) => {
+    r.value.index = i
+    r.value.cluster = cluster
+    cluster.nodes.push(r.value)
+  })
+  return cluster
+}
+
+/**
+ * A cluster behind one single-server-shaped handle. Its `url` is
+ * http://localhost:PORT0 (node 0 reached by name, while the node handles use
+ * 127.0.0.1): `connect()`, `http()` and `pusherFor()` recognise it and send
+ * each new client or request to the next live node round-robin. Engine.IO
+ * requests (`/socket.io/…` over http()) stay on node 0: a polling session
+ * lives on the node that made it (sticky sessions, as behind a balancer).
+ */
+function spreadHandle(cluster) {
+  const n0 = cluster.nodes[0]
+  const url = `http://localhost:${n0.port}`
+  let turn = 0
+  const h = {
+    cluster,
+    nodes: cluster.nodes,
+    port: n0.port,
+    url,
+    env: n0.env,
+    cwd: n0.cwd,
+    dir: n0.dir,
+    dbUrl: cluster.dbUrl,
+    get proc() {
+      return n0.proc
+    },
+    exited: Promise.all(cluster.nodes.map((n) => n.exited)).then(combineExits),
+    get exitInfo() {
+      return cluster.nodes.every((n) => n.exitInfo) ? combineExits(cluster.nodes.map((n) => n.exitInfo)) : null
+    },
+    output: () => cluster.output(),
+    stdout: () => cluster.nodes.map((n) => n.stdout()).join('\n'),
+    stderr: () => cluster.nodes.map((n) => n.stderr()).join('\n'),
+    stop: (timeoutMs) => cluster.stop(timeoutMs),
+    kill9: () => cluster.kill9(),
+    /** The next live node (round-robin). */
+    nextNode() {
+      const all = cluster.nodes
+      for (let i = 0; i < all.length; i++) {
+        const n = all[turn++ % all.length]
+        if (!n.exitInfo) return n
+      }
+      return n0
+    },
+  }
+  spreads.set(url, h)
+  h.exited.then(() => spreads.delete(url))
+  return h
+}
+
+/** The spread handle whose URL `url` starts with, and the rest of `url`. */
+function spreadOf(url) {
+  if (typeof url !== 'string' || spreads.size === 0) return undefined
+  for (const [base, h] of spreads) {
+    if (url === base || url.startsWith(`${base}/`) || url.startsWith(`${base}?`)) return { h, rest: url.slice(base.length) }
+  }
+  return undefined
+}
+
+/**
+ * Where a client or request for `url` goes: a spread cluster URL becomes the
+ * next node's URL (round-robin); anything else is returned unchanged.
+ * `sticky: true` keeps node 0 (Engine.IO polling sessions).
+ */
+export function resolveUrl(url, { sticky = false } = {}) {
+  const s = spreadOf(url)
+  if (!s) return url
+  const node = sticky ? s.h.nodes[0] : s.h.nextNode()
+  return node.url + s.rest
+}
+
+/** The next node of a spread handle (round-robin), or the handle itself for one server. */
+export function nextNode(srv) {
+  return srv.nextNode ? srv.nextNode() : srv
 }
 
 async function stopProc(h, signal, timeoutMs) {
@@ -294,6 +531,7 @@ export const dmRoom = (a, b) => `chat-${Math.min(a, b)}-${Math.max(a, b)}`
  * `socket.session` (a promise of the `session` payload, 2 s max).
  */
 export function connect(url, { token: tok, transports, timeoutMs = 5000, auth, ...opts } = {}) {
+  url = resolveUrl(url)
   const socket = io(url, {
     forceNew: true,
     reconnection: false,
@@ -303,6 +541,7 @@ export function connect(url, { token: tok, transports, timeoutMs = 5000, auth, .
     ...opts,
   })
   liveSockets.add(socket)
+  socket.nodeUrl = url // the node it went to (a spread cluster URL is resolved above)
   socket.received = []
   socket.onAny((event, ...args) => socket.received.push({ event, args, at: Date.now() }))
   const sessionP = new Promise((resolve) => socket.once('session', resolve))
@@ -438,6 +677,8 @@ export async function send(socket, roomId, message, extra = {}) {
  * Small fetch wrapper: { status, headers, body (parsed JSON when possible), text }.
  */
 export async function http(url, { method = 'GET', token: tok, body, headers = {}, raw, timeoutMs = 5000 } = {}) {
+  // a spread cluster URL goes to the next node; Engine.IO requests stay on one node (sticky)
+  url = resolveUrl(url, { sticky: /^https?:\/\/[^/]+\/socket\.io\//.test(url) })
   const h = { ...headers }
   if (tok) h.authorization = `Bearer ${tok}`
   let payload
@@ -457,3 +698,93 @@ export async function http(url, { method = 'GET', token: tok, body, headers = {}
 
 export const isDecimalId = (id) => typeof id === 'string' && /^[1-9]\d*$/.test(id)
 export const cmpId = (a, b) => (BigInt(a) < BigInt(b) ? -1 : BigInt(a) > BigInt(b) ? 1 : 0)
+
+/**
+ * Polls `fn` (sync or async) every `intervalMs` until it returns a truthy
+ * value, which is returned; rejects after `timeoutMs` with `what` and the
+ * last value or error seen.
+ */
+export async function waitUntil(fn, { timeoutMs = 5000, intervalMs = 100, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs
+  let last
+  for (;;) {
+    try {
+      last = await fn()
+      if (last) return last
+    } catch (e) {
+      last = e
+    }
+    if (Date.now() >= deadline) {
+      const seen = last instanceof Error ? last.message : JSON.stringify(last)
+      throw new Error(`timeout after ${timeoutMs} ms waiting for ${what} (last: ${seen?.slice?.(0, 500)})`)
+    }
+    await sleep(intervalMs)
+  }
+}
+
+// ---------------------------------------------------------------- Redis
+
+/** Resolves true when a Redis server on 127.0.0.1:`port` answers PING with PONG (1 s max). */
+export function redisPing(port, timeoutMs = 1000) {
+  return new Promise((resolve) => {
+    const sock = netConnect({ host: '127.0.0.1', port })
+    let buf = ''
+    const done = (ok) => {
+      clearTimeout(timer)
+      sock.destroy()
+      resolve(ok)
+    }
+    const timer = setTimeout(() => done(false), timeoutMs)
+    sock.on('connect', () => sock.write('PING\r\n'))
+    sock.on('data', (d) => {
+      buf += d.toString('utf8')
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'))
+    })
+    sock.on('error', () => done(false))
+  })
+}
+
+/**
+ * A private, throwaway redis-server on loopback (no persistence), for tests
+ * that take Redis away from a cluster. Returns { port, url, proc, stop(),
+ * start() } — `start()` brings it back on the same port after `stop()`.
+ */
+export async function startRedis({ port } = {}) {
+  port ??= await freePort()
+  const dir = makeTempDir('sb-redis-')
+  const r = { port, url: `redis://127.0.0.1:${port}`, proc: null, output: '' }
+  r.start = async () => {
+    if (r.proc && r.proc.exitCode === null && r.proc.signalCode === null) return r // running
+    const proc = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    r.proc = proc
+    proc.stdout.setEncoding('utf8')
+    proc.stderr.setEncoding('utf8')
+    proc.stdout.on('data', (d) => (r.output += d))
+    proc.stderr.on('data', (d) => (r.output += d))
+    r.exited = new Promise((resolve) => {
+      proc.on('error', (err) => resolve({ error: err }))
+      proc.on('exit', (code, signal) => resolve({ code, signal }))
+    })
+    liveRedis.add(r)
+    r.exited.then(() => liveRedis.delete(r))
+    const deadline = Date.now() + 10000
+    while (!(await redisPing(port))) {
+      if (Date.now() > deadline) {
+        proc.kill('SIGKILL')
+        throw new Error(`redis-server on ${port} did not answer PING within 10 s\n${r.output}`)
+      }
+      await sleep(50)
+    }
+    return r
+  }
+  r.stop = async () => {
+    if (!r.proc || r.proc.exitCode !== null || r.proc.signalCode !== null) return
+    r.proc.kill('SIGKILL')
+    await withTimeout(r.exited, 5000, 'redis-server exit')
+  }
+  return r.start()
+}

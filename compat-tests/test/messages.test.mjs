@@ -481,6 +481,8 @@ describe('recovery with since: up to 500 and paging forward', () => {
   })
 })
 
+// In cluster mode: the whole cluster stops and a new one starts on the same
+// database, and the retry may land on another node than the original.
 describe('idempotency across restart', () => {
   test('a retry after a restart returns the original and is not broadcast', async () => {
     const first = await startServer({ env: ENV })

@@ -51,16 +51,19 @@ describe('health, readiness and metrics', () => {
   })
 
   test('GET /metrics -> Prometheus text with the documented series', async () => {
+    // Counters are per process: in cluster mode the traffic and the scrape are
+    // pinned to one node (srv.nodes[0]) so the values read are the ones made.
+    const one = srv.nodes?.[0] ?? srv
     // produce some traffic first so labelled series exist
     const [a] = ids(1)
     const room = uniqueRoom('metrics')
-    const s = await connectAs(srv.url, a)
+    const s = await connectAs(one.url, a)
     await join(s, room)
     await send(s, room, 'metrics please')
     const bad = await emitAck(s, 'send-message', { roomId: uniqueRoom('nj'), message: 'x' })
     assert.equal(bad.error?.code, 'not_joined')
 
-    const r = await http(`${srv.url}/metrics`)
+    const r = await http(`${one.url}/metrics`)
     assert.equal(r.status, 200)
     assert.match(r.headers.get('content-type') ?? '', /^text\/plain|openmetrics/)
     const text = r.text
@@ -116,7 +119,10 @@ describe('startup configuration', () => {
 
   test('--dev starts with nothing configured and prints a token that connects', async () => {
     const cwd = makeTempDir('sb-dev-')
+    // single: dev mode is an embedded SQLite file, which is single-node only (and
+    // the test reads this one process's stdout).
     const srv = await startServer({
+      single: true,
       args: ['--dev'],
       cwd,
       env: { JWT_SECRET: undefined, DATABASE_URL: undefined },
@@ -139,7 +145,8 @@ describe('startup configuration', () => {
     const dir = makeTempDir('sb-db-')
     const file = path.join(dir, 'nested', 'deeper', 'chat.sqlite')
     assert.equal(existsSync(path.dirname(file)), false)
-    const srv = await startServer({ dbUrl: `sqlite://${file}` })
+    // single: a SQLite database is single-node only
+    const srv = await startServer({ single: true, dbUrl: `sqlite://${file}` })
     assert.ok(existsSync(file), `database file ${file} not created`)
     assert.ok(statSync(file).isFile())
     const r = await http(`${srv.url}/readyz`)
@@ -148,6 +155,9 @@ describe('startup configuration', () => {
   })
 })
 
+// In cluster mode these stop (and restart) the whole cluster: every node gets
+// SIGTERM, each client sees its own node go, and the restart is a new cluster
+// on the same Postgres database.
 describe('graceful shutdown', () => {
   test('SIGTERM: clients on both transports see a server disconnect, exit 0 well within 15 s', async () => {
     const srv = await startServer()

@@ -27,17 +27,35 @@ export function pusherEnv({ authEndpoint, appId = APP_ID, key = APP_KEY, secret 
   }
 }
 
-/** The official server SDK, configured like the legacy app with PUSHER_HOST/PORT/USE_TLS=false. */
+/**
+ * The official server SDK, configured like the legacy app with PUSHER_HOST/PORT/USE_TLS=false.
+ * For a spread cluster handle (helpers.mjs cluster mode) each SDK call goes to
+ * the next node round-robin, as behind a load balancer; a node handle pins it.
+ */
 export function pusherFor(srv, overrides = {}) {
-  return new Pusher({
-    appId: APP_ID,
-    key: APP_KEY,
-    secret: APP_SECRET,
-    host: '127.0.0.1',
-    port: String(srv.port),
-    useTLS: false,
-    timeout: 5000,
-    ...overrides,
+  const make = (port) =>
+    new Pusher({
+      appId: APP_ID,
+      key: APP_KEY,
+      secret: APP_SECRET,
+      host: '127.0.0.1',
+      port: String(port),
+      useTLS: false,
+      timeout: 5000,
+      ...overrides,
+    })
+  if (!srv.nextNode) return make(srv.port)
+  const byNode = new Map()
+  const sdkOf = (node) => {
+    if (!byNode.has(node)) byNode.set(node, make(node.port))
+    return byNode.get(node)
+  }
+  return new Proxy(sdkOf(srv.nodes[0]), {
+    get(_target, prop) {
+      const sdk = sdkOf(srv.nextNode())
+      const v = sdk[prop]
+      return typeof v === 'function' ? v.bind(sdk) : v
+    },
   })
 }
 

@@ -10,7 +10,7 @@ use crate::{cluster::SharedTyping, domain::RoomId};
 
 pub enum Typing {
     Local(LocalTyping),
-    Shared(SharedTyping),
+    Shared(Box<SharedTyping>),
 }
 
 impl Typing {

@@ -13,6 +13,7 @@
 //! Redis (or a primary with replicas), not Redis Cluster.
 
 mod presence;
+mod pubsub;
 mod ratelimit;
 mod scripts;
 mod typing;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 pub use presence::RedisPresence;
+pub use pubsub::PubSub;
 pub use ratelimit::SharedLimit;
 pub use typing::SharedTyping;
 
