@@ -8,8 +8,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use axum::{
     Router,
-    extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    extract::{OriginalUri, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     serve::ListenerExt,
@@ -268,16 +268,47 @@ fn cors(origins: &Origins) -> CorsLayer {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }
 
-/// Refuses Socket.IO handshakes (WebSocket and polling) from origins not on the list.
+/// Refuses Socket.IO handshakes (WebSocket and polling) from origins not on
+/// the list, and detaches the head of the requests that open a session.
 async fn check_origin(State(origins): State<Arc<Origins>>, req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/socket.io") {
-        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        if !origins.allows(origin) {
-            let err = ChatError::Forbidden(format!("origin {} is not allowed", origin.unwrap_or_default()));
-            return (StatusCode::FORBIDDEN, axum::Json(err.body())).into_response();
+    if !req.uri().path().starts_with("/socket.io") {
+        return next.run(req).await;
+    }
+    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !origins.allows(origin) {
+        let err = ChatError::Forbidden(format!("origin {} is not allowed", origin.unwrap_or_default()));
+        return (StatusCode::FORBIDDEN, axum::Json(err.body())).into_response();
+    }
+    let opens_session = !req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
+    let req = if opens_session { detach_head(req) } else { req };
+    next.run(req).await
+}
+
+/// Socket.IO keeps the request that opened a session for the session's whole
+/// life. hyper parses header values and the URI as slices of its read buffer
+/// (8–16 KiB per connection), so keeping them would keep that whole buffer;
+/// copying the few bytes out lets it go once the connection is upgraded.
+fn detach_head(req: Request) -> Request {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copy);
         }
     }
-    next.run(req).await
+    parts.headers = headers;
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+        // The router's copy of the URI shares the same buffer.
+        if parts.extensions.get::<OriginalUri>().is_some() {
+            parts.extensions.insert(OriginalUri(parts.uri.clone()));
+        }
+    }
+    Request::from_parts(parts, body)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
