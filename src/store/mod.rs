@@ -43,6 +43,32 @@ pub struct NewMessage {
     pub timestamp: i64,
 }
 
+impl NewMessage {
+    /// The message as stored under `id` (what reading its row back would give).
+    pub fn stored(&self, id: i64) -> StoredMessage {
+        StoredMessage {
+            id,
+            room_id: self.room.to_string(),
+            user_id: self.sender.user.json().clone(),
+            username: self.sender.profile.username.clone(),
+            full_name: self.sender.profile.full_name.clone(),
+            avatar: self.sender.profile.avatar.clone(),
+            client_id: self.client_id.clone(),
+            message: self.text.clone(),
+            kind: self.kind,
+            media: self.media.clone(),
+            audio: self.audio.clone(),
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// The idempotency key, when the client gave one.
+    pub fn key(&self) -> Option<(&str, &str, &str)> {
+        let client_id = self.client_id.as_deref()?;
+        Some((self.room.as_str(), self.sender.user.key(), client_id))
+    }
+}
+
 /// The result of an append: the stored message, and whether this call stored
 /// it (false: an earlier call with the same idempotency key did).
 #[derive(Debug, Clone)]

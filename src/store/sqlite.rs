@@ -9,14 +9,16 @@
 use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
+use std::collections::HashMap;
+
 use sqlx::{
-    SqliteConnection,
+    QueryBuilder, Row, Sqlite, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, NewMessage, Page, PageQuery, Store, StoreError, sql};
-use crate::domain::RoomId;
+use crate::domain::{RoomId, StoredMessage};
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -76,38 +78,128 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<(NewMessage, Rep
     }
 }
 
+/// One transaction for the whole batch, in three statements whatever its size:
+/// look up the idempotency keys already stored, insert every new message in
+/// one multi-row `INSERT`, commit. Per-statement costs (a hand-off to sqlx's
+/// SQLite thread each) dominated when every message was its own statement.
 async fn write_batch(pool: &SqlitePool, messages: &[&NewMessage]) -> Result<Vec<Appended>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut out = Vec::with_capacity(messages.len());
-    for m in messages {
-        out.push(append_in(&mut tx, m).await?);
+    let stored = stored_originals(&mut tx, messages).await?;
+
+    // What each message becomes: a stored original, or a row of the insert.
+    // A key seen earlier in the same batch points at that earlier message.
+    enum Slot {
+        Original(StoredMessage),
+        Row(usize),
+        SameAs(usize),
     }
+    let mut first_of: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut fresh: Vec<&NewMessage> = Vec::with_capacity(messages.len());
+    let mut slots = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let slot = match m.key() {
+            Some(key) if stored.contains_key(&key) => Slot::Original(stored[&key].clone()),
+            Some(key) => match first_of.get(&key) {
+                Some(&earlier) => Slot::SameAs(earlier),
+                None => {
+                    first_of.insert(key, i);
+                    fresh.push(m);
+                    Slot::Row(fresh.len() - 1)
+                }
+            },
+            None => {
+                fresh.push(m);
+                Slot::Row(fresh.len() - 1)
+            }
+        };
+        slots.push(slot);
+    }
+
+    let ids = insert_all(&mut tx, &fresh).await?;
     tx.commit().await?;
+
+    let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
+    for slot in slots {
+        let appended = match slot {
+            Slot::Original(message) => Appended {
+                message,
+                created: false,
+            },
+            Slot::Row(row) => Appended {
+                message: fresh[row].stored(ids[row]),
+                created: true,
+            },
+            Slot::SameAs(earlier) => Appended {
+                message: out[earlier].message.clone(),
+                created: false,
+            },
+        };
+        out.push(appended);
+    }
     Ok(out)
 }
 
-async fn append_in(conn: &mut SqliteConnection, m: &NewMessage) -> Result<Appended, StoreError> {
-    let user_json = m.sender.user.json().to_string();
-    let inserted = sql::bind_insert(sqlx::query(sql::INSERT), m, user_json)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if let Some(row) = inserted {
-        return Ok(Appended {
-            message: sql::message(&row)?,
-            created: true,
-        });
+/// The stored originals of the batch's idempotency keys that are already in the table.
+async fn stored_originals<'m>(
+    conn: &mut SqliteConnection,
+    messages: &[&'m NewMessage],
+) -> Result<HashMap<(&'m str, &'m str, &'m str), StoredMessage>, StoreError> {
+    let keys: Vec<(&str, &str, &str)> = messages.iter().filter_map(|m| m.key()).collect();
+    let mut found = HashMap::new();
+    if keys.is_empty() {
+        return Ok(found);
     }
-    // Only the idempotency index can conflict: return the stored original.
-    let row = sqlx::query(sql::BY_KEY)
-        .bind(m.room.as_str())
-        .bind(m.sender.user.key())
-        .bind(&m.client_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Appended {
-        message: sql::message(&row)?,
-        created: false,
-    })
+    let mut query = QueryBuilder::<Sqlite>::new(sql::SELECT_BY_KEYS);
+    query.push_values(&keys, |mut row, (room, user, client)| {
+        row.push_bind(*room).push_bind(*user).push_bind(*client);
+    });
+    query.push(")");
+    for row in query.build().fetch_all(&mut *conn).await? {
+        let message = sql::message(&row)?;
+        let user_key: String = row.try_get("user_key")?;
+        if let Some(key) = keys.iter().find(|(room, user, client)| {
+            *room == message.room_id && *user == user_key && Some(*client) == message.client_id.as_deref()
+        }) {
+            found.insert(*key, message);
+        }
+    }
+    Ok(found)
+}
+
+/// Inserts every message in one statement; their ids, in the messages' order.
+async fn insert_all(conn: &mut SqliteConnection, messages: &[&NewMessage]) -> Result<Vec<i64>, StoreError> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::<Sqlite>::new(sql::INSERT_MANY);
+    query.push_values(messages, |mut row, m| {
+        row.push_bind(m.room.as_str())
+            .push_bind(m.sender.user.key())
+            .push_bind(m.sender.user.json().to_string())
+            .push_bind(m.sender.profile.username.as_deref())
+            .push_bind(m.sender.profile.full_name.as_deref())
+            .push_bind(m.sender.profile.avatar.as_deref())
+            .push_bind(m.client_id.as_deref())
+            .push_bind(m.text.as_str())
+            .push_bind(m.kind.as_str())
+            .push_bind(m.media.as_deref())
+            .push_bind(m.audio.as_deref())
+            .push_bind(m.timestamp);
+    });
+    query.push(" RETURNING id");
+    let mut ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *conn).await?;
+    // RETURNING comes in no promised order, but SQLite inserts the rows in
+    // VALUES order and AUTOINCREMENT hands this, the only writer, rising ids:
+    // sorted, they line up with the messages.
+    ids.sort_unstable();
+    if ids.len() != messages.len() {
+        return Err(StoreError::Corrupt(format!(
+            "inserted {} rows for {} messages",
+            ids.len(),
+            messages.len()
+        )));
+    }
+    Ok(ids)
 }
 
 #[async_trait]

@@ -154,6 +154,67 @@ async fn concurrent_appends_to_one_room_keep_ids_in_commit_order() {
     }
 }
 
+/// Many appends land in one batch: retries of one key inside the batch, keys
+/// stored by an earlier batch, and messages without a key. Each caller gets
+/// back exactly what reading the table gives.
+#[tokio::test]
+async fn a_batch_with_retries_answers_each_caller_with_the_stored_row() {
+    for (s, _dir) in engines().await {
+        let first = s
+            .append(new("mix", json!(1), Some("old"), "stored before"))
+            .await
+            .expect("stored");
+        let calls = (0..60).map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let (user, key, text) = match i % 4 {
+                    0 => (json!(1), Some("old".to_owned()), "retry of an old one".to_owned()),
+                    1 => (json!(2), Some("same".to_owned()), format!("retry {i}")),
+                    2 => (json!(3), None, format!("keyless {i}")),
+                    _ => (json!("u"), Some(format!("k{i}")), format!("fresh {i}")),
+                };
+                s.append(new("mix", user, key.as_deref(), &text)).await.expect("stored")
+            })
+        });
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.expect("call"));
+        }
+        let page = s
+            .page(
+                &RoomId::parse("mix").expect("room"),
+                PageQuery {
+                    after: Some(0),
+                    before: None,
+                    limit: 500,
+                },
+            )
+            .await
+            .expect("page");
+        // 1 old + 1 "same" + 15 keyless + 15 fresh
+        assert_eq!(page.messages.len(), 32);
+        for r in &results {
+            let row = page.messages.iter().find(|m| m.id == r.message.id).expect("row exists");
+            assert_eq!(
+                serde_json::to_value(row).ok(),
+                serde_json::to_value(&r.message).ok(),
+                "answer = stored row"
+            );
+        }
+        let olds: Vec<_> = results
+            .iter()
+            .filter(|r| r.message.client_id.as_deref() == Some("old"))
+            .collect();
+        assert!(olds.iter().all(|r| !r.created && r.message.id == first.message.id));
+        let sames: Vec<_> = results
+            .iter()
+            .filter(|r| r.message.client_id.as_deref() == Some("same"))
+            .collect();
+        assert_eq!(sames.iter().filter(|r| r.created).count(), 1, "one retry stored it");
+        assert!(sames.iter().all(|r| r.message.id == sames[0].message.id));
+    }
+}
+
 #[tokio::test]
 async fn group_membership() {
     for (s, _dir) in engines().await {
