@@ -61,12 +61,6 @@ impl NewMessage {
             timestamp: self.timestamp,
         }
     }
-
-    /// The idempotency key, when the client gave one.
-    pub fn key(&self) -> Option<(&str, &str, &str)> {
-        let client_id = self.client_id.as_deref()?;
-        Some((self.room.as_str(), self.sender.user.key(), client_id))
-    }
 }
 
 /// The result of an append: the stored message, and whether this call stored

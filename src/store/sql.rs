@@ -22,14 +22,6 @@ pub const INSERT: &str = concat!(
 /// The head of a multi-row insert; the caller pushes `VALUES (…), (…)`.
 pub const INSERT_MANY: &str = "INSERT INTO messages (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) ";
 
-/// The head of a lookup of many idempotency keys; the caller pushes
-/// `VALUES (…), (…)` and the closing parenthesis.
-pub const SELECT_BY_KEYS: &str = concat!(
-    "SELECT user_key, ",
-    columns!(),
-    " FROM messages WHERE (room_id, user_key, client_id) IN ("
-);
-
 /// The stored original of an idempotency key.
 pub const BY_KEY: &str = concat!(
     "SELECT ",

@@ -9,16 +9,14 @@
 use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use std::collections::HashMap;
-
 use sqlx::{
-    QueryBuilder, Row, Sqlite, SqliteConnection,
+    QueryBuilder, Sqlite, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, NewMessage, Page, PageQuery, Store, StoreError, sql};
-use crate::domain::{RoomId, StoredMessage};
+use crate::domain::RoomId;
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -78,99 +76,44 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<(NewMessage, Rep
     }
 }
 
-/// One transaction for the whole batch, in three statements whatever its size:
-/// look up the idempotency keys already stored, insert every new message in
-/// one multi-row `INSERT`, commit. Per-statement costs (a hand-off to sqlx's
-/// SQLite thread each) dominated when every message was its own statement.
+/// One transaction for the whole batch, in two statements whatever its size
+/// (one multi-row `INSERT … ON CONFLICT DO NOTHING`, then the commit), plus
+/// one indexed lookup per idempotent retry. Per-statement costs (a hand-off to
+/// sqlx's SQLite thread each) dominated when every message was its own statement.
 async fn write_batch(pool: &SqlitePool, messages: &[&NewMessage]) -> Result<Vec<Appended>, StoreError> {
     let mut tx = pool.begin().await?;
-    let stored = stored_originals(&mut tx, messages).await?;
-
-    // What each message becomes: a stored original, or a row of the insert.
-    // A key seen earlier in the same batch points at that earlier message.
-    enum Slot {
-        Original(StoredMessage),
-        Row(usize),
-        SameAs(usize),
-    }
-    let mut first_of: HashMap<(&str, &str, &str), usize> = HashMap::new();
-    let mut fresh: Vec<&NewMessage> = Vec::with_capacity(messages.len());
-    let mut slots = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let slot = match m.key() {
-            Some(key) if stored.contains_key(&key) => Slot::Original(stored[&key].clone()),
-            Some(key) => match first_of.get(&key) {
-                Some(&earlier) => Slot::SameAs(earlier),
-                None => {
-                    first_of.insert(key, i);
-                    fresh.push(m);
-                    Slot::Row(fresh.len() - 1)
-                }
-            },
-            None => {
-                fresh.push(m);
-                Slot::Row(fresh.len() - 1)
-            }
-        };
-        slots.push(slot);
-    }
-
-    let ids = insert_all(&mut tx, &fresh).await?;
-    tx.commit().await?;
-
-    let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
-    for slot in slots {
-        let appended = match slot {
-            Slot::Original(message) => Appended {
-                message,
-                created: false,
-            },
-            Slot::Row(row) => Appended {
-                message: fresh[row].stored(ids[row]),
+    let ids = insert_all(&mut tx, messages).await?;
+    let mut out = Vec::with_capacity(messages.len());
+    for (m, id) in messages.iter().zip(ids) {
+        let appended = match id {
+            Some(id) => Appended {
+                message: m.stored(id),
                 created: true,
             },
-            Slot::SameAs(earlier) => Appended {
-                message: out[earlier].message.clone(),
-                created: false,
-            },
+            // Only the idempotency index can conflict: answer with the stored original.
+            None => {
+                let row = sqlx::query(sql::BY_KEY)
+                    .bind(m.room.as_str())
+                    .bind(m.sender.user.key())
+                    .bind(&m.client_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Appended {
+                    message: sql::message(&row)?,
+                    created: false,
+                }
+            }
         };
         out.push(appended);
     }
+    tx.commit().await?;
     Ok(out)
 }
 
-/// The stored originals of the batch's idempotency keys that are already in the table.
-async fn stored_originals<'m>(
-    conn: &mut SqliteConnection,
-    messages: &[&'m NewMessage],
-) -> Result<HashMap<(&'m str, &'m str, &'m str), StoredMessage>, StoreError> {
-    let keys: Vec<(&str, &str, &str)> = messages.iter().filter_map(|m| m.key()).collect();
-    let mut found = HashMap::new();
-    if keys.is_empty() {
-        return Ok(found);
-    }
-    let mut query = QueryBuilder::<Sqlite>::new(sql::SELECT_BY_KEYS);
-    query.push_values(&keys, |mut row, (room, user, client)| {
-        row.push_bind(*room).push_bind(*user).push_bind(*client);
-    });
-    query.push(")");
-    for row in query.build().fetch_all(&mut *conn).await? {
-        let message = sql::message(&row)?;
-        let user_key: String = row.try_get("user_key")?;
-        if let Some(key) = keys.iter().find(|(room, user, client)| {
-            *room == message.room_id && *user == user_key && Some(*client) == message.client_id.as_deref()
-        }) {
-            found.insert(*key, message);
-        }
-    }
-    Ok(found)
-}
-
-/// Inserts every message in one statement; their ids, in the messages' order.
-async fn insert_all(conn: &mut SqliteConnection, messages: &[&NewMessage]) -> Result<Vec<i64>, StoreError> {
-    if messages.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Inserts the messages in one statement, skipping those whose idempotency key
+/// is already stored (earlier, or earlier in this batch); each message's new
+/// id, or `None` when it was skipped.
+async fn insert_all(conn: &mut SqliteConnection, messages: &[&NewMessage]) -> Result<Vec<Option<i64>>, StoreError> {
     let mut query = QueryBuilder::<Sqlite>::new(sql::INSERT_MANY);
     query.push_values(messages, |mut row, m| {
         row.push_bind(m.room.as_str())
@@ -186,18 +129,27 @@ async fn insert_all(conn: &mut SqliteConnection, messages: &[&NewMessage]) -> Re
             .push_bind(m.audio.as_deref())
             .push_bind(m.timestamp);
     });
-    query.push(" RETURNING id");
-    let mut ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *conn).await?;
-    // RETURNING comes in no promised order, but SQLite inserts the rows in
-    // VALUES order and AUTOINCREMENT hands this, the only writer, rising ids:
-    // sorted, they line up with the messages.
-    ids.sort_unstable();
-    if ids.len() != messages.len() {
-        return Err(StoreError::Corrupt(format!(
-            "inserted {} rows for {} messages",
-            ids.len(),
-            messages.len()
-        )));
+    query.push(" ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id");
+    let mut rows: Vec<(i64, String, String, Option<String>)> = query.build_query_as().fetch_all(&mut *conn).await?;
+    // RETURNING comes in no promised order, but SQLite inserts rows in VALUES
+    // order and AUTOINCREMENT gives this, the only writer, rising ids: sorted
+    // by id, the rows are the inserted messages in order. A skipped message
+    // can't match the next row: that row's key would then be stored twice.
+    rows.sort_unstable_by_key(|r| r.0);
+    let mut rows = rows.into_iter().peekable();
+    let ids: Vec<Option<i64>> = messages
+        .iter()
+        .map(|m| {
+            rows.next_if(|(_, room, user, client)| {
+                room == m.room.as_str() && user == m.sender.user.key() && *client == m.client_id
+            })
+            .map(|(id, ..)| id)
+        })
+        .collect();
+    if rows.next().is_some() {
+        return Err(StoreError::Corrupt(
+            "inserted rows do not line up with the batch".into(),
+        ));
     }
     Ok(ids)
 }
