@@ -5,10 +5,13 @@
 //! Delivery to this node's sockets is per socket, so that a socket whose
 //! bounded send buffer is full can be told apart and disconnected (its client
 //! recovers with `since`): nobody else waits for it. With many nodes the same
-//! event is also handed to the socketioxide-redis adapter, addressed so that it
-//! skips this node's sockets, and every other node delivers it to its own.
+//! event is also queued, in the same step, for the socketioxide-redis adapter,
+//! addressed so that it skips this node's sockets; one task publishes the queue
+//! in order, so every node sees this node's events in the order it did.
 
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -83,12 +86,26 @@ impl<'a> Audience<'a> {
     }
 }
 
+/// Events waiting to be handed to the other nodes. Bounded: when Redis stalls
+/// this long, later events are dropped for the other nodes (and counted)
+/// rather than held without limit.
+const OUTBOUND_QUEUE: usize = 65_536;
+
+/// An event for the other nodes, addressed and encoded.
+struct Outbound {
+    room: String,
+    except: Vec<String>,
+    event: String,
+    payload: Box<RawValue>,
+}
+
 #[derive(Clone)]
 enum Io {
     Single(SocketIo<LocalAdapter>),
     Cluster {
         io: SocketIo<ClusterAdapter>,
         node_room: String,
+        outbound: mpsc::Sender<Outbound>,
     },
 }
 
@@ -116,11 +133,15 @@ impl Broadcaster {
         }
     }
 
+    /// Must be called inside the runtime: it starts the task that publishes to the other nodes.
     pub fn cluster(io: SocketIo<ClusterAdapter>, node: &str, metrics: Arc<Metrics>) -> Self {
+        let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+        tokio::spawn(publish(io.clone(), queue, metrics.clone()));
         Self {
             io: Io::Cluster {
                 io,
                 node_room: node_room(node),
+                outbound,
             },
             metrics,
         }
@@ -148,14 +169,24 @@ impl Broadcaster {
         };
         match &self.io {
             Io::Single(io) => self.deliver_here(io, audience, event, &payload),
-            Io::Cluster { io, node_room } => {
+            Io::Cluster {
+                io,
+                node_room,
+                outbound,
+            } => {
                 let delivered = self.deliver_here(io, audience, event, &payload);
-                if let Some(ns) = io.of("/") {
-                    let others = audience.select(ns).except(node_room.clone());
-                    if let Err(e) = others.emit(event, &*payload).await {
-                        self.metrics.adapter_errors.inc();
-                        tracing::error!(error = %e, event, room = %audience.room, "could not reach the other nodes");
-                    }
+                let mut except = vec![node_room.clone()];
+                except.extend(audience.except_user.map(user_room));
+                except.extend(audience.except_socket.map(socket_room));
+                let queued = outbound.try_send(Outbound {
+                    room: audience.room.to_string(),
+                    except,
+                    event: event.to_owned(),
+                    payload,
+                });
+                if queued.is_err() {
+                    self.metrics.adapter_errors.inc();
+                    tracing::error!(event, room = %audience.room, "queue to the other nodes is full: event not sent to them");
                 }
                 delivered
             }
@@ -238,5 +269,24 @@ impl Broadcaster {
     /// Closes every transport (shutdown).
     pub async fn close(&self) {
         with_io!(self, io => io.close().await);
+    }
+}
+
+/// Hands queued events to the adapter one after another, so Redis receives
+/// them (and every node delivers them) in the order this node emitted them.
+async fn publish(io: SocketIo<ClusterAdapter>, mut queue: mpsc::Receiver<Outbound>, metrics: Arc<Metrics>) {
+    while let Some(out) = queue.recv().await {
+        let Some(ns) = io.of("/") else {
+            continue;
+        };
+        if let Err(e) = ns
+            .to(out.room.clone())
+            .except(out.except)
+            .emit(&out.event, &*out.payload)
+            .await
+        {
+            metrics.adapter_errors.inc();
+            tracing::error!(error = %e, event = out.event, room = out.room, "could not reach the other nodes");
+        }
     }
 }

@@ -43,9 +43,6 @@ pub struct Conn {
     pub forwarded: Forwarded,
     /// std `Mutex`: a few map operations, never held across an await.
     rooms: Mutex<HashMap<RoomId, Member>>,
-    /// Held from store to broadcast by each `send-message`, so messages a client
-    /// sends without waiting for acks reach every node in the order they were stored.
-    pub sending: tokio::sync::Mutex<()>,
 }
 
 impl Conn {
@@ -55,7 +52,6 @@ impl Conn {
             socket_id,
             forwarded,
             rooms: Mutex::new(HashMap::new()),
-            sending: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -150,10 +150,7 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         if !in_room(&s, &conn, &room) {
             return Err(ChatError::NotJoined(room));
         }
-        let appended = {
-            let _turn = conn.sending.lock().await;
-            chat.send(&conn.identity, &room, draft).await?
-        };
+        let appended = chat.send(&conn.identity, &room, draft).await?;
         Ok(message_reply(&appended.message))
     });
 
