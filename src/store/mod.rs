@@ -43,26 +43,6 @@ pub struct NewMessage {
     pub timestamp: i64,
 }
 
-impl NewMessage {
-    /// The message as stored under `id` (what reading its row back would give).
-    pub fn stored(&self, id: i64) -> StoredMessage {
-        StoredMessage {
-            id,
-            room_id: self.room.to_string(),
-            user_id: self.sender.user.json().clone(),
-            username: self.sender.profile.username.clone(),
-            full_name: self.sender.profile.full_name.clone(),
-            avatar: self.sender.profile.avatar.clone(),
-            client_id: self.client_id.clone(),
-            message: self.text.clone(),
-            kind: self.kind,
-            media: self.media.clone(),
-            audio: self.audio.clone(),
-            timestamp: self.timestamp,
-        }
-    }
-}
-
 /// The result of an append: the stored message, and whether this call stored
 /// it (false: an earlier call with the same idempotency key did).
 #[derive(Debug, Clone)]

@@ -19,9 +19,6 @@ pub const INSERT: &str = concat!(
     columns!()
 );
 
-/// The head of a multi-row insert; the caller pushes `VALUES (…), (…)`.
-pub const INSERT_MANY: &str = "INSERT INTO messages (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) ";
-
 /// The stored original of an idempotency key.
 pub const BY_KEY: &str = concat!(
     "SELECT ",

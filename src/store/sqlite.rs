@@ -10,7 +10,7 @@ use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    QueryBuilder, Sqlite, SqliteConnection,
+    SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -76,82 +76,38 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<(NewMessage, Rep
     }
 }
 
-/// One transaction for the whole batch, in two statements whatever its size
-/// (one multi-row `INSERT … ON CONFLICT DO NOTHING`, then the commit), plus
-/// one indexed lookup per idempotent retry. Per-statement costs (a hand-off to
-/// sqlx's SQLite thread each) dominated when every message was its own statement.
 async fn write_batch(pool: &SqlitePool, messages: &[&NewMessage]) -> Result<Vec<Appended>, StoreError> {
     let mut tx = pool.begin().await?;
-    let ids = insert_all(&mut tx, messages).await?;
     let mut out = Vec::with_capacity(messages.len());
-    for (m, id) in messages.iter().zip(ids) {
-        let appended = match id {
-            Some(id) => Appended {
-                message: m.stored(id),
-                created: true,
-            },
-            // Only the idempotency index can conflict: answer with the stored original.
-            None => {
-                let row = sqlx::query(sql::BY_KEY)
-                    .bind(m.room.as_str())
-                    .bind(m.sender.user.key())
-                    .bind(&m.client_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                Appended {
-                    message: sql::message(&row)?,
-                    created: false,
-                }
-            }
-        };
-        out.push(appended);
+    for m in messages {
+        out.push(append_in(&mut tx, m).await?);
     }
     tx.commit().await?;
     Ok(out)
 }
 
-/// Inserts the messages in one statement, skipping those whose idempotency key
-/// is already stored (earlier, or earlier in this batch); each message's new
-/// id, or `None` when it was skipped.
-async fn insert_all(conn: &mut SqliteConnection, messages: &[&NewMessage]) -> Result<Vec<Option<i64>>, StoreError> {
-    let mut query = QueryBuilder::<Sqlite>::new(sql::INSERT_MANY);
-    query.push_values(messages, |mut row, m| {
-        row.push_bind(m.room.as_str())
-            .push_bind(m.sender.user.key())
-            .push_bind(m.sender.user.json().to_string())
-            .push_bind(m.sender.profile.username.as_deref())
-            .push_bind(m.sender.profile.full_name.as_deref())
-            .push_bind(m.sender.profile.avatar.as_deref())
-            .push_bind(m.client_id.as_deref())
-            .push_bind(m.text.as_str())
-            .push_bind(m.kind.as_str())
-            .push_bind(m.media.as_deref())
-            .push_bind(m.audio.as_deref())
-            .push_bind(m.timestamp);
-    });
-    query.push(" ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id");
-    let mut rows: Vec<(i64, String, String, Option<String>)> = query.build_query_as().fetch_all(&mut *conn).await?;
-    // RETURNING comes in no promised order, but SQLite inserts rows in VALUES
-    // order and AUTOINCREMENT gives this, the only writer, rising ids: sorted
-    // by id, the rows are the inserted messages in order. A skipped message
-    // can't match the next row: that row's key would then be stored twice.
-    rows.sort_unstable_by_key(|r| r.0);
-    let mut rows = rows.into_iter().peekable();
-    let ids: Vec<Option<i64>> = messages
-        .iter()
-        .map(|m| {
-            rows.next_if(|(_, room, user, client)| {
-                room == m.room.as_str() && user == m.sender.user.key() && *client == m.client_id
-            })
-            .map(|(id, ..)| id)
-        })
-        .collect();
-    if rows.next().is_some() {
-        return Err(StoreError::Corrupt(
-            "inserted rows do not line up with the batch".into(),
-        ));
+async fn append_in(conn: &mut SqliteConnection, m: &NewMessage) -> Result<Appended, StoreError> {
+    let user_json = m.sender.user.json().to_string();
+    let inserted = sql::bind_insert(sqlx::query(sql::INSERT), m, user_json)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = inserted {
+        return Ok(Appended {
+            message: sql::message(&row)?,
+            created: true,
+        });
     }
-    Ok(ids)
+    // Only the idempotency index can conflict: return the stored original.
+    let row = sqlx::query(sql::BY_KEY)
+        .bind(m.room.as_str())
+        .bind(m.sender.user.key())
+        .bind(&m.client_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Appended {
+        message: sql::message(&row)?,
+        created: false,
+    })
 }
 
 #[async_trait]
