@@ -74,15 +74,15 @@ impl<'a> Audience<'a> {
         self
     }
 
+    /// The internal rooms left out.
+    fn except_rooms(&self) -> Vec<String> {
+        let user = self.except_user.map(user_room);
+        let socket = self.except_socket.map(socket_room);
+        user.into_iter().chain(socket).collect()
+    }
+
     fn select<A: Adapter>(&self, ns: BroadcastOperators<A>) -> BroadcastOperators<A> {
-        let mut op = ns.to(self.room.to_string());
-        if let Some(user) = self.except_user {
-            op = op.except(user_room(user));
-        }
-        if let Some(socket) = self.except_socket {
-            op = op.except(socket_room(socket));
-        }
-        op
+        ns.to(self.room.to_string()).except(self.except_rooms())
     }
 }
 
@@ -175,9 +175,8 @@ impl Broadcaster {
                 outbound,
             } => {
                 let delivered = self.deliver_here(io, audience, event, &payload);
-                let mut except = vec![node_room.clone()];
-                except.extend(audience.except_user.map(user_room));
-                except.extend(audience.except_socket.map(socket_room));
+                let mut except = audience.except_rooms();
+                except.push(node_room.clone());
                 let queued = outbound.try_send(Outbound {
                     room: audience.room.to_string(),
                     except,

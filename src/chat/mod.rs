@@ -193,13 +193,7 @@ impl Chat {
             );
         }
         for (room, member) in &tick.offline {
-            self.broadcaster
-                .emit(
-                    Audience::room(room),
-                    "user-online",
-                    &json!({ "roomId": room, "userId": member.user, "online": false }),
-                )
-                .await;
+            self.announce_online(Audience::room(room), member, false).await;
         }
         if tick.forgotten {
             tracing::error!("the cluster took this node for dead; reconnecting its sockets so they count again");
@@ -253,12 +247,7 @@ impl Chat {
                     )
                     .await;
             }
-            self.broadcaster
-                .emit(
-                    Audience::room(room).except_user(user_key),
-                    "user-online",
-                    &json!({ "roomId": room, "userId": member.user, "online": false }),
-                )
+            self.announce_online(Audience::room(room).except_user(user_key), &member, false)
                 .await;
         }
         self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
@@ -274,12 +263,7 @@ impl Chat {
             .map_err(|e| ChatError::internal("presence registry failed", &e))?;
         self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
         if first {
-            self.broadcaster
-                .emit(
-                    Audience::room(room).except_user(conn.identity.user.key()),
-                    "user-online",
-                    &json!({ "roomId": room, "userId": member.user, "online": true }),
-                )
+            self.announce_online(Audience::room(room).except_user(conn.identity.user.key()), member, true)
                 .await;
         }
         Ok(())
@@ -294,12 +278,7 @@ impl Chat {
         }
         match self.presence.leave(room, member.key(), &conn.socket_id).await {
             Ok(Some(gone)) => {
-                self.broadcaster
-                    .emit(
-                        Audience::room(room).except_user(user),
-                        "user-online",
-                        &json!({ "roomId": room, "userId": gone.user, "online": false }),
-                    )
+                self.announce_online(Audience::room(room).except_user(user), &gone, false)
                     .await;
             }
             Ok(None) => {}
@@ -401,6 +380,17 @@ impl Chat {
             }
         });
         self.announce_typing(room, identity, true).await;
+    }
+
+    async fn announce_online(&self, audience: Audience<'_>, member: &Member, online: bool) {
+        let room = audience.room;
+        self.broadcaster
+            .emit(
+                audience,
+                "user-online",
+                &json!({ "roomId": room, "userId": member.user, "online": online }),
+            )
+            .await;
     }
 
     async fn announce_typing(&self, room: &RoomId, identity: &Identity, is_typing: bool) {

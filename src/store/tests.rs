@@ -50,6 +50,16 @@ fn new(room: &str, user: Value, client_id: Option<&str>, text: &str) -> NewMessa
     }
 }
 
+/// Every message of a room (up to 500), oldest first.
+async fn everything(s: &dyn Store, room: &str) -> Page {
+    let query = PageQuery {
+        after: Some(0),
+        before: None,
+        limit: 500,
+    };
+    s.page(&RoomId::parse(room).expect("room"), query).await.expect("page")
+}
+
 #[tokio::test]
 async fn append_is_idempotent_per_room_sender_and_client_id() {
     for (s, _dir) in engines().await {
@@ -138,17 +148,7 @@ async fn concurrent_appends_to_one_room_keep_ids_in_commit_order() {
         for w in writers {
             w.await.expect("writer");
         }
-        let page = s
-            .page(
-                &RoomId::parse("busy").expect("room"),
-                PageQuery {
-                    after: Some(0),
-                    before: None,
-                    limit: 500,
-                },
-            )
-            .await
-            .expect("page");
+        let page = everything(s.as_ref(), "busy").await;
         assert_eq!(page.messages.len(), 80);
         assert!(page.messages.windows(2).all(|w| w[0].id < w[1].id));
     }
@@ -180,17 +180,7 @@ async fn a_batch_with_retries_answers_each_caller_with_the_stored_row() {
         for call in calls {
             results.push(call.await.expect("call"));
         }
-        let page = s
-            .page(
-                &RoomId::parse("mix").expect("room"),
-                PageQuery {
-                    after: Some(0),
-                    before: None,
-                    limit: 500,
-                },
-            )
-            .await
-            .expect("page");
+        let page = everything(s.as_ref(), "mix").await;
         // 1 old + 1 "same" + 15 keyless + 15 fresh
         assert_eq!(page.messages.len(), 32);
         for r in &results {
