@@ -76,7 +76,8 @@ fn identity_from_claims(claims: &Map<String, Value>, token: &str) -> Result<Iden
     let text = |keys: &[&str]| {
         keys.iter()
             .find_map(|k| claims.get(*k).and_then(Value::as_str))
-            .map(str::to_owned)
+            // Stored beside every message; Postgres text cannot hold NUL.
+            .map(|s| s.replace('\0', ""))
     };
     Ok(Identity {
         user,
@@ -132,6 +133,16 @@ mod tests {
     }
 
     #[test]
+    fn nul_is_dropped_from_profile_claims() {
+        let v = TokenVerifier::hs256(SECRET);
+        let id = v
+            .verify(&token(json!({"sub": 5, "username": "al\u{0}ice", "name": "\u{0}"})))
+            .expect("valid");
+        assert_eq!(id.profile.username.as_deref(), Some("alice"));
+        assert_eq!(id.profile.full_name.as_deref(), Some(""));
+    }
+
+    #[test]
     fn id_claim_precedence() {
         let v = TokenVerifier::hs256(SECRET);
         let id = v.verify(&token(json!({"userId": "u1", "user_id": 3}))).expect("valid");
@@ -155,6 +166,7 @@ mod tests {
             (token(json!({"name": "x"})), AuthError::NoUserId),
             (token(json!({"sub": ""})), AuthError::NoUserId),
             (token(json!({"sub": 1.5})), AuthError::NoUserId),
+            (token(json!({"sub": "a\u{0}"})), AuthError::NoUserId),
         ];
         for (t, want) in cases {
             assert_eq!(v.verify(&t).err(), Some(want.clone()), "{want}");

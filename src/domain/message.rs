@@ -108,6 +108,7 @@ impl Draft {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(invalid("message must be a string")),
         };
+        no_nul("message", &text)?;
         let chars = text.chars().count();
         if chars > MAX_TEXT_CHARS {
             return Err(ValidationError::TooLarge(format!(
@@ -154,7 +155,17 @@ fn client_id(v: &Value) -> Result<String, ValidationError> {
     if id.is_empty() || id.chars().count() > MAX_CLIENT_ID_CHARS {
         return Err(invalid(format!("clientId must be 1-{MAX_CLIENT_ID_CHARS} characters")));
     }
+    no_nul("clientId", &id)?;
     Ok(id)
+}
+
+/// Postgres text cannot hold U+0000, so no store may be handed one: the same
+/// message must be accepted or refused alike on every engine.
+fn no_nul(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.contains('\0') {
+        return Err(invalid(format!("{field} must not contain NUL (U+0000)")));
+    }
+    Ok(())
 }
 
 fn optional_url(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ValidationError> {
@@ -162,6 +173,7 @@ fn optional_url(map: &Map<String, Value>, field: &str) -> Result<Option<String>,
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => {
+            no_nul(field, s)?;
             if s.len() > MAX_URL_CHARS {
                 return Err(ValidationError::TooLarge(format!(
                     "{field} URL is longer than {MAX_URL_CHARS}"
@@ -259,6 +271,16 @@ mod tests {
                 false,
             ),
             (json!({"roomId": "r", "message": "hi", "clientId": {}}), false),
+            (json!({"roomId": "r", "message": "a\u{0}b"}), false),
+            (json!({"roomId": "r", "message": "hi", "clientId": "c\u{0}"}), false),
+            (
+                json!({"roomId": "r", "message": "", "media": "https://x.test/a\u{0}.png"}),
+                false,
+            ),
+            (
+                json!({"roomId": "r", "message": "", "audio": "https://x.test/\u{0}"}),
+                false,
+            ),
             (json!({"roomId": "r", "message": long}), true),
         ];
         for (payload, too_large) in cases {

@@ -17,7 +17,8 @@ impl UserId {
     /// Accepts a non-empty string or an integer; anything else is not an id.
     pub fn from_json(value: &Value) -> Option<Self> {
         let key = match value {
-            Value::String(s) if !s.trim().is_empty() && s.len() <= 128 => s.clone(),
+            // NUL can't be stored on Postgres, so such an id could never send a message.
+            Value::String(s) if !s.trim().is_empty() && s.len() <= 128 && !s.contains('\0') => s.clone(),
             Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => return None,
         };
@@ -145,6 +146,7 @@ mod tests {
             json!([1]),
             json!({"a": 1}),
             json!(true),
+            json!("a\u{0}b"),
         ] {
             assert!(UserId::from_json(&bad).is_none(), "{bad} accepted");
         }
