@@ -9,8 +9,9 @@
 //! addressed so that it skips this node's sockets; one task publishes the queue
 //! in order, so every node sees this node's events in the order it did.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use dashmap::DashSet;
 use tokio::sync::mpsc;
 
 use serde::Serialize;
@@ -20,6 +21,7 @@ use socketioxide::{
     adapter::{Adapter, Emitter, LocalAdapter},
     extract::SocketRef,
     operators::BroadcastOperators,
+    socket::Sid,
 };
 
 use crate::{domain::RoomId, metrics::Metrics};
@@ -123,13 +125,22 @@ macro_rules! with_io {
 pub struct Broadcaster {
     io: Io,
     metrics: Arc<Metrics>,
+    /// Slow consumers being disconnected: each is counted and logged once.
+    cutting_off: Arc<DashSet<Sid>>,
 }
+
+/// How often a slow consumer's disconnect is tried again while its buffer is
+/// still full, and for how long at most (by then Engine.IO's ping timeout has
+/// closed a client that never reads).
+const CUT_OFF_RETRY: Duration = Duration::from_millis(50);
+const CUT_OFF_TRIES: u32 = 1_200;
 
 impl Broadcaster {
     pub fn single(io: SocketIo<LocalAdapter>, metrics: Arc<Metrics>) -> Self {
         Self {
             io: Io::Single(io),
             metrics,
+            cutting_off: Arc::default(),
         }
     }
 
@@ -144,6 +155,7 @@ impl Broadcaster {
                 outbound,
             },
             metrics,
+            cutting_off: Arc::default(),
         }
     }
 
@@ -217,9 +229,7 @@ impl Broadcaster {
         match socket.emit(event, payload) {
             Ok(()) => true,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                self.metrics.slow_consumers.inc();
-                tracing::warn!(sid = %socket.id, "send buffer full: disconnecting slow consumer");
-                let _ = socket.clone().disconnect();
+                self.cut_off(socket);
                 false
             }
             Err(SendError::Socket(SocketError::Closed)) => false,
@@ -228,6 +238,32 @@ impl Broadcaster {
                 false
             }
         }
+    }
+
+    /// Disconnects a socket whose send buffer is full. socketioxide's own
+    /// disconnect packet must fit in that same buffer, so the first try often
+    /// fails; it is retried from a task until it goes through or the
+    /// transport is gone, and the socket is counted and logged once.
+    fn cut_off<A: Adapter>(&self, socket: &SocketRef<A>) {
+        if !self.cutting_off.insert(socket.id) {
+            return;
+        }
+        self.metrics.slow_consumers.inc();
+        tracing::warn!(sid = %socket.id, "send buffer full: disconnecting slow consumer");
+        let socket = socket.clone();
+        let cutting_off = self.cutting_off.clone();
+        tokio::spawn(async move {
+            for _ in 0..CUT_OFF_TRIES {
+                if !socket.connected() {
+                    break;
+                }
+                match socket.clone().disconnect() {
+                    Err(SocketError::InternalChannelFull) => tokio::time::sleep(CUT_OFF_RETRY).await,
+                    Ok(()) | Err(SocketError::Closed) => break,
+                }
+            }
+            cutting_off.remove(&socket.id);
+        });
     }
 
     /// Disconnects every socket of a user, on every node (Pusher `terminate_connections`).
