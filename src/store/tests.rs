@@ -205,6 +205,66 @@ async fn a_batch_with_retries_answers_each_caller_with_the_stored_row() {
     }
 }
 
+/// Text that JSON, SQL or a careless encoder could mangle goes in and comes
+/// out byte for byte, whether it was stored alone or in a batch.
+#[tokio::test]
+async fn awkward_text_is_stored_exactly() {
+    let texts = [
+        "\"quoted\" and 'single' and `back`",
+        "back\\slash \\u0041 \\n not escapes",
+        "line\nbreak\ttab\r\u{8}\u{c}\u{1f}",
+        "emoji 👋🏽 and ünïcödé and 漢字",
+        "separators \u{2028} \u{2029} \u{feff}",
+        r#"{"roomId":"x","message":"json inside"}"#,
+        "null",
+        "123",
+        "'); DROP TABLE messages; --",
+        "",
+    ];
+    for (s, _dir) in engines().await {
+        let calls = texts.iter().enumerate().map(|(i, text)| {
+            let s = s.clone();
+            let mut m = new(
+                "awkward",
+                if i % 2 == 0 { json!(i) } else { json!(format!("{i}")) },
+                None,
+                text,
+            );
+            m.client_id = Some(format!("0{i}"));
+            m.sender.profile = Profile {
+                username: Some(format!("ü\"{i}")),
+                full_name: (i % 3 == 0).then(|| "Zoë \\ O'Brien".to_owned()),
+                avatar: None,
+            };
+            m.media = text.is_empty().then(|| "https://x.test/a.png?q=\"1\"".to_owned());
+            m.timestamp = i64::MAX - i as i64;
+            tokio::spawn(async move { (s.append(m.clone()).await.expect("stored"), m) })
+        });
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.expect("call"));
+        }
+        let page = everything(s.as_ref(), "awkward").await;
+        assert_eq!(page.messages.len(), texts.len());
+        for (appended, sent) in &results {
+            assert!(appended.created);
+            let row = page
+                .messages
+                .iter()
+                .find(|m| m.id == appended.message.id)
+                .expect("row exists");
+            assert_eq!(row, &appended.message, "answer = stored row");
+            assert_eq!(row.message, sent.text);
+            assert_eq!(&row.user_id, sent.sender.user.json(), "id keeps its JSON type");
+            assert_eq!(row.client_id, sent.client_id);
+            assert_eq!(row.username, sent.sender.profile.username);
+            assert_eq!(row.full_name, sent.sender.profile.full_name);
+            assert_eq!(row.media, sent.media);
+            assert_eq!(row.timestamp, sent.timestamp);
+        }
+    }
+}
+
 #[tokio::test]
 async fn group_membership() {
     for (s, _dir) in engines().await {
