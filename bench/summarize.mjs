@@ -37,13 +37,14 @@ function line(j) {
     return `${j.server} idle: ${j.connected} conns in ${j.connect_secs}s, ` +
       `${((j.server_rss_bytes_per_conn ?? 0) / 1024).toFixed(1)} KiB/conn, ` +
       `server cpu ${get(j, 'connect_phase.server_cpu_cores')} cores while connecting, ` +
-      `disconnects ${j.disconnects}, load ${load}`;
+      `disconnects ${j.disconnects}, load ${load}, steal ${get(j, 'hold_phase.steal_pct')}%`;
   }
   return `${j.server} ${j.tag}: offered ${get(j, 'params.offered_msgs_per_s')} msg/s, ` +
     `acked ${j.msgs_acked_per_s}/s, delivered ${j.deliveries_per_s}/s, ` +
     `p50 ${get(j, 'latency.p50_ms')} p99 ${get(j, 'latency.p99_ms')} max ${get(j, 'latency.max_ms')} ms, ` +
     `lost ${j.lost_deliveries}/${j.expected_deliveries}, ` +
-    `cpu server ${get(j, 'usage.server_cpu_cores')} loadgen ${get(j, 'usage.loadgen_cpu_cores')}, load ${load}` +
+    `cpu server ${get(j, 'usage.server_cpu_cores')} loadgen ${get(j, 'usage.loadgen_cpu_cores')}, load ${load}, ` +
+    `steal ${get(j, 'usage.steal_pct')}%` +
     (failures(j).length ? ` [${failures(j).join(', ')}]` : '');
 }
 
@@ -70,6 +71,7 @@ const COLUMNS = {
     ['srv cpu (idle)', 'hold_phase.server_cpu_cores'],
     ['disconnects', 'disconnects'],
     ['load', (j) => j.loadavg_start?.[0]],
+    ['steal %', 'hold_phase.steal_pct'],
   ],
   traffic: [
     ['offered msg/s', 'params.offered_msgs_per_s'],
@@ -82,6 +84,7 @@ const COLUMNS = {
     ['srv cpu', 'usage.server_cpu_cores'],
     ['lg cpu', 'usage.loadgen_cpu_cores'],
     ['load', (j) => j.loadavg_start?.[0]],
+    ['steal %', 'usage.steal_pct'],
   ],
 };
 

@@ -228,6 +228,7 @@ fn usage_json(server: Option<(&Usage, &Usage)>, me: (&Usage, &Usage)) -> Value {
         "server_rss_kb_end": server.map(|(_, b)| b.rss_kb),
         "loadgen_cpu_cores": cores(me.0, me.1),
         "loadgen_rss_kb_end": me.1.rss_kb,
+        "steal_pct": Usage::steal_pct(me.0, me.1),
     })
 }
 

@@ -4,11 +4,40 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-/// One sample: cumulative CPU seconds (user + system) and resident memory.
+/// One sample: cumulative CPU seconds (user + system) and resident memory,
+/// and the machine's CPU jiffies, all and stolen by the hypervisor.
 pub struct Usage {
     pub at: Instant,
     pub cpu_secs: f64,
     pub rss_kb: u64,
+    pub machine_jiffies: u64,
+    pub steal_jiffies: u64,
+}
+
+impl Usage {
+    /// Share of the machine's CPU time stolen by the hypervisor between two
+    /// samples, in percent: on a shared VM, runs with much steal are not
+    /// comparable with runs without.
+    pub fn steal_pct(a: &Usage, b: &Usage) -> Option<f64> {
+        let all = b.machine_jiffies.checked_sub(a.machine_jiffies).filter(|&j| j > 0)?;
+        let steal = b.steal_jiffies.checked_sub(a.steal_jiffies)?;
+        Some((1000.0 * steal as f64 / all as f64).round() / 10.0)
+    }
+}
+
+/// All and steal jiffies of every CPU (first line of /proc/stat); zeros when unreadable.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal; guest time is counted in user.
+    (fields.iter().take(8).sum(), fields.get(7).copied().unwrap_or(0))
 }
 
 fn clock_ticks() -> f64 {
@@ -33,10 +62,13 @@ fn sample(dir: &str) -> anyhow::Result<Usage> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let (machine_jiffies, steal_jiffies) = machine_jiffies();
     Ok(Usage {
         at,
         cpu_secs: (utime + stime) / clock_ticks(),
         rss_kb,
+        machine_jiffies,
+        steal_jiffies,
     })
 }
 
