@@ -2,8 +2,9 @@
 //!
 //! CALLERS concurrent callers (default 1,000) each append MESSAGES / CALLERS
 //! messages (default 100,000 in all) to their own direct room, one after the
-//! other, as chatting pairs do, each with a clientId (so the idempotency
-//! index is written too). Prints appends per second, append latency
+//! other, as chatting pairs do, each with a clientId shaped like the legacy
+//! Pusher hook's temporary ids, `temp-<ms>-<random>` (so the idempotency
+//! index is written too, as the app would write it). Prints appends per second, append latency
 //! percentiles, and the machine's steal time over the run: on a shared VM a
 //! run with much steal is not comparable with one without.
 //!
@@ -48,7 +49,11 @@ fn message(room: &RoomId, user: usize, n: usize) -> NewMessage {
             },
             token: "t".into(),
         },
-        client_id: Some(format!("temp-{user}-{n}")),
+        client_id: Some(format!(
+            "temp-{}-{:06x}",
+            switchboard::clock::now_ms(),
+            rand::random::<u32>() & 0xff_ffff
+        )),
         text: format!("message {n} from {user}: a line of ordinary chat text"),
         kind: MessageKind::Message,
         media: None,

@@ -217,6 +217,17 @@ fn base_json(name: &str, common: &Common, params: Value) -> Value {
     })
 }
 
+/// A clientId shaped like the legacy Pusher hook's temporary ids,
+/// `temp-<ms>-<random>`, as a migrated app sends them (time-ordered, which is
+/// what the server's idempotency index is laid out for); unique per sender.
+fn client_id(sender: usize, seq: u64) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("temp-{ms}-{sender:x}z{seq:x}")
+}
+
 fn usage_json(server: Option<(&Usage, &Usage)>, me: (&Usage, &Usage)) -> Value {
     let cores = |a: &Usage, b: &Usage| {
         let wall = b.at.duration_since(a.at).as_secs_f64();
@@ -390,7 +401,7 @@ async fn traffic(
                 seq += 1;
                 let sent = now_us();
                 let text = message_text(measured, sent, s, seq, pad);
-                let data = json!({ "roomId": room, "clientId": format!("{s}-{seq}"), "message": text }).to_string();
+                let data = json!({ "roomId": room, "clientId": client_id(s, seq), "message": text }).to_string();
                 let st = stats.clone();
                 let cb: proto::AckFn = Box::new(move |ack: &str| st.on_send_ack(ack, measured, sent, room_size));
                 stats.inflight.fetch_add(1, Relaxed);
