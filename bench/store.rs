@@ -2,9 +2,11 @@
 //!
 //! CALLERS concurrent callers (default 1,000) each append MESSAGES / CALLERS
 //! messages (default 100,000 in all) to their own direct room, one after the
-//! other, as chatting pairs do, each with a clientId shaped like the legacy
-//! Pusher hook's temporary ids, `temp-<ms>-<random>` (so the idempotency
-//! index is written too, as the app would write it). Prints appends per second, append latency
+//! other, as chatting pairs do, each with a clientId (so the idempotency
+//! index is written too). `CLIENT_IDS=temp` (the default) shapes them like the
+//! legacy Pusher hook's temporary ids, `temp-<ms>-<random>`, time-ordered;
+//! `CLIENT_IDS=uuid` makes them random (UUID v4 style), the worst case for an
+//! index. Prints appends per second, append latency
 //! percentiles, and the machine's steal time over the run: on a shared VM a
 //! run with much steal is not comparable with one without.
 //!
@@ -49,16 +51,32 @@ fn message(room: &RoomId, user: usize, n: usize) -> NewMessage {
             },
             token: "t".into(),
         },
-        client_id: Some(format!(
-            "temp-{}-{:06x}",
-            switchboard::clock::now_ms(),
-            rand::random::<u32>() & 0xff_ffff
-        )),
+        client_id: Some(client_id()),
         text: format!("message {n} from {user}: a line of ordinary chat text"),
         kind: MessageKind::Message,
         media: None,
         audio: None,
         timestamp: 1_764_000_000_000 + n as i64,
+    }
+}
+
+fn client_id() -> String {
+    if std::env::var("CLIENT_IDS").is_ok_and(|v| v == "uuid") {
+        let r: u128 = rand::random();
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            r >> 96,
+            (r >> 80) & 0xffff,
+            (r >> 68) & 0xfff,
+            (r >> 52) & 0xffff,
+            r & 0xffff_ffff_ffff
+        )
+    } else {
+        format!(
+            "temp-{}-{:06x}",
+            switchboard::clock::now_ms(),
+            rand::random::<u32>() & 0xff_ffff
+        )
     }
 }
 
@@ -110,8 +128,9 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort_by(f64::total_cmp);
     let n = latencies.len();
     println!(
-        "store {engine}: {n} appends from {callers} callers in {elapsed:.2} s = {:.0} msg/s; \
+        "store {engine} ({} ids): {n} appends from {callers} callers in {elapsed:.2} s = {:.0} msg/s; \
          append ms p50 {:.2} p99 {:.2} max {:.2}; steal {steal:.1}%",
+        std::env::var("CLIENT_IDS").unwrap_or_else(|_| "temp".into()),
         n as f64 / elapsed,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
