@@ -115,6 +115,12 @@ async fn errors_have_the_contract_shape_and_status() {
         ("chat-7-12", json!({ "message": "hi" }), 403, "forbidden"),
         ("chat-12-5", json!({ "message": "hi" }), 400, "invalid_room"),
         ("lobby", json!({ "message": "" }), 400, "invalid_payload"),
+        (
+            "lobby",
+            json!({ "message": "hi", "clientId": "c\u{0}" }),
+            400,
+            "invalid_payload",
+        ),
         ("lobby", json!({ "message": "x".repeat(4001) }), 413, "too_large"),
     ];
     for (room, body, status, code) in cases {

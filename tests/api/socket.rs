@@ -101,6 +101,12 @@ async fn bad_input_gets_an_error_ack_and_the_connection_stays() {
         ),
         ("typing", json!({ "roomId": "lobby", "isTyping": true }), "not_joined"),
         ("send-message", json!(null), "invalid_payload"),
+        // NUL can't be stored on Postgres: refused alike on every store.
+        (
+            "send-message",
+            json!({ "roomId": "lobby", "message": "a\u{0}b" }),
+            "invalid_payload",
+        ),
         (
             "send-message",
             json!({ "roomId": "lobby", "message": "x".repeat(4001) }),
