@@ -109,7 +109,6 @@ impl SqliteStore {
 async fn write_loop(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut batch: Vec<(NewMessage, Reply)> = Vec::with_capacity(MAX_BATCH);
-    let mut json = Vec::new();
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let mut closing = None;
         for job in jobs.drain(..) {
@@ -119,7 +118,7 @@ async fn write_loop(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) 
             }
         }
         if !batch.is_empty() {
-            write(&mut conn, &mut batch, &mut json).await;
+            write(&mut conn, &mut batch).await;
         }
         if let Some(done) = closing {
             if let Err(e) = conn.close().await {
@@ -132,11 +131,10 @@ async fn write_loop(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>) 
 }
 
 /// Answers every caller of `batch` (and empties it).
-async fn write(conn: &mut SqliteConnection, batch: &mut Vec<(NewMessage, Reply)>, json: &mut Vec<u8>) {
-    json.clear();
+async fn write(conn: &mut SqliteConnection, batch: &mut Vec<(NewMessage, Reply)>) {
     let rows: Vec<BatchRow<'_>> = batch.iter().map(|(m, _)| BatchRow::of(m)).collect();
-    let inserted = match serde_json::to_writer(&mut *json, &rows) {
-        Ok(()) => insert_batch(conn, json).await,
+    let inserted = match serde_json::to_string(&rows) {
+        Ok(json) => insert_batch(conn, &json).await,
         Err(e) => Err(StoreError::Corrupt(format!("encoding a batch: {e}"))),
     };
     drop(rows);
@@ -210,9 +208,8 @@ struct Inserted {
     client_id: Option<String>,
 }
 
-async fn insert_batch(conn: &mut SqliteConnection, json: &[u8]) -> Result<Vec<Inserted>, StoreError> {
-    let text = std::str::from_utf8(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let rows = sqlx::query(INSERT_BATCH).bind(text).fetch_all(&mut *conn).await?;
+async fn insert_batch(conn: &mut SqliteConnection, json: &str) -> Result<Vec<Inserted>, StoreError> {
+    let rows = sqlx::query(INSERT_BATCH).bind(json).fetch_all(&mut *conn).await?;
     let mut out = rows
         .iter()
         .map(|r| {
@@ -403,7 +400,7 @@ mod tests {
             message("lobby", "2", None),
         ];
         let rows: Vec<_> = batch.iter().map(BatchRow::of).collect();
-        let json = serde_json::to_vec(&rows).expect("encodes");
+        let json = serde_json::to_string(&rows).expect("encodes");
         let inserted = insert_batch(&mut conn, &json).await.expect("one statement");
         assert_eq!(inserted.len(), 2);
         assert!(inserted[0].id < inserted[1].id);
