@@ -5,26 +5,28 @@
 //! Delivery to this node's sockets is per socket, so that a socket whose
 //! bounded send buffer is full can be told apart and disconnected (its client
 //! recovers with `since`): nobody else waits for it. With many nodes the same
-//! event is also queued, in the same step, for the socketioxide-redis adapter,
-//! addressed so that it skips this node's sockets; one task publishes the queue
-//! in order, so every node sees this node's events in the order it did.
+//! event is also queued, in the same step, for the others: one task publishes
+//! the queue in order on the cluster's event channel, and every other node
+//! hands what it receives to its own broadcaster, which delivers it the same
+//! way. So every node sees this node's events in the order it did, and cuts
+//! off its own slow consumers whichever node an event came from.
 
 use std::{sync::Arc, time::Duration};
 
 use dashmap::DashSet;
-use tokio::sync::mpsc;
-
-use serde::Serialize;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::{
     SendError, SocketError, SocketIo,
     adapter::{Adapter, Emitter, LocalAdapter},
     extract::SocketRef,
-    operators::BroadcastOperators,
     socket::Sid,
 };
+use socketioxide_redis::drivers::Driver;
+use tokio::sync::mpsc;
 
-use crate::{domain::RoomId, metrics::Metrics};
+use crate::{cluster::PubSub, domain::RoomId, metrics::Metrics};
 
 /// The Socket.IO adapter that carries broadcasts between nodes.
 pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<Emitter, crate::cluster::PubSub>;
@@ -39,12 +41,6 @@ pub fn user_room(user_key: &str) -> String {
 /// `socket_id` exclusion.
 pub fn socket_room(socket_id: &str) -> String {
     format!("#s:{socket_id}")
-}
-
-/// Internal room holding every socket of one node, so a broadcast handed to
-/// the adapter can leave out the sockets this node delivered to itself.
-fn node_room(node: &str) -> String {
-    format!("#n:{node}")
 }
 
 /// Who in a room receives an event.
@@ -82,10 +78,6 @@ impl<'a> Audience<'a> {
         let socket = self.except_socket.map(socket_room);
         user.into_iter().chain(socket).collect()
     }
-
-    fn select<A: Adapter>(&self, ns: BroadcastOperators<A>) -> BroadcastOperators<A> {
-        ns.to(self.room.to_string()).except(self.except_rooms())
-    }
 }
 
 /// Events waiting to be handed to the other nodes. Bounded: when Redis stalls
@@ -93,12 +85,24 @@ impl<'a> Audience<'a> {
 /// rather than held without limit.
 const OUTBOUND_QUEUE: usize = 65_536;
 
-/// An event for the other nodes, addressed and encoded.
-struct Outbound {
+/// Events from the other nodes waiting for this one; sized for bursts of
+/// fanout, not for a node that stopped reading.
+const INBOUND_QUEUE: usize = 65_536;
+
+/// An event as it crosses between nodes: addressed, its payload already encoded.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The node that emitted it (which skips it when it comes back).
+    node: String,
     room: String,
     except: Vec<String>,
     event: String,
     payload: Box<RawValue>,
+}
+
+/// The pub/sub channel events cross between nodes on.
+fn events_channel(prefix: &str) -> String {
+    format!("{prefix}:events")
 }
 
 #[derive(Clone)]
@@ -106,8 +110,8 @@ enum Io {
     Single(SocketIo<LocalAdapter>),
     Cluster {
         io: SocketIo<ClusterAdapter>,
-        node_room: String,
-        outbound: mpsc::Sender<Outbound>,
+        node: String,
+        outbound: mpsc::Sender<Envelope>,
     },
 }
 
@@ -144,28 +148,35 @@ impl Broadcaster {
         }
     }
 
-    /// Must be called inside the runtime: it starts the task that publishes to the other nodes.
-    pub fn cluster(io: SocketIo<ClusterAdapter>, node: &str, metrics: Arc<Metrics>) -> Self {
+    /// Subscribes to the cluster's event channel, then starts the tasks that
+    /// publish this node's events to it and deliver the other nodes' events here.
+    pub async fn cluster(
+        io: SocketIo<ClusterAdapter>,
+        pubsub: PubSub,
+        prefix: &str,
+        node: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        let channel = events_channel(prefix);
+        let inbound = pubsub.subscribe(channel.clone(), INBOUND_QUEUE).await?;
         let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-        tokio::spawn(publish(io.clone(), queue, metrics.clone()));
-        Self {
+        let broadcaster = Self {
             io: Io::Cluster {
                 io,
-                node_room: node_room(node),
+                node: node.to_owned(),
                 outbound,
             },
-            metrics,
+            metrics: metrics.clone(),
             cutting_off: Arc::default(),
-        }
+        };
+        tokio::spawn(publish(pubsub, channel, queue, metrics));
+        tokio::spawn(broadcaster.clone().receive(inbound));
+        Ok(broadcaster)
     }
 
     /// The internal rooms a new socket joins.
     pub fn rooms_of(&self, user_key: &str, socket_id: &str) -> Vec<String> {
-        let mut rooms = vec![user_room(user_key), socket_room(socket_id)];
-        if let Io::Cluster { node_room, .. } = &self.io {
-            rooms.push(node_room.clone());
-        }
-        rooms
+        vec![user_room(user_key), socket_room(socket_id)]
     }
 
     /// Sends `event` to the audience on every node; returns how many of this
@@ -179,18 +190,15 @@ impl Broadcaster {
                 return 0;
             }
         };
+        let room = audience.room.to_string();
+        let except = audience.except_rooms();
         match &self.io {
-            Io::Single(io) => self.deliver_here(io, audience, event, &payload),
-            Io::Cluster {
-                io,
-                node_room,
-                outbound,
-            } => {
-                let delivered = self.deliver_here(io, audience, event, &payload);
-                let mut except = audience.except_rooms();
-                except.push(node_room.clone());
-                let queued = outbound.try_send(Outbound {
-                    room: audience.room.to_string(),
+            Io::Single(io) => self.deliver_here(io, room, except, event, &payload),
+            Io::Cluster { io, node, outbound } => {
+                let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload);
+                let queued = outbound.try_send(Envelope {
+                    node: node.clone(),
+                    room,
                     except,
                     event: event.to_owned(),
                     payload,
@@ -204,24 +212,48 @@ impl Broadcaster {
         }
     }
 
+    /// Delivers to this node's sockets in `room` but not in any of `except`.
     fn deliver_here<A: Adapter>(
         &self,
         io: &SocketIo<A>,
-        audience: Audience<'_>,
+        room: String,
+        except: Vec<String>,
         event: &str,
         payload: &RawValue,
     ) -> usize {
         let Some(ns) = io.of("/") else {
             return 0;
         };
-        let delivered = audience
-            .select(ns)
+        let delivered = ns
+            .to(room)
+            .except(except)
             .sockets()
             .iter()
             .filter(|s| self.send(s, event, payload))
             .count();
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
+    }
+
+    /// Delivers the other nodes' events here, in the order they were published.
+    async fn receive(self, mut inbound: impl futures_util::Stream<Item = (String, Vec<u8>)> + Unpin) {
+        let Io::Cluster { io, node, .. } = &self.io else {
+            return;
+        };
+        while let Some((_, bytes)) = inbound.next().await {
+            let envelope: Envelope = match serde_json::from_slice(&bytes) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    self.metrics.adapter_errors.inc();
+                    tracing::error!(error = %e, "unreadable event from another node");
+                    continue;
+                }
+            };
+            if envelope.node == *node {
+                continue;
+            }
+            self.deliver_here(io, envelope.room, envelope.except, &envelope.event, &envelope.payload);
+        }
     }
 
     /// Sends to one socket of this node; a full buffer disconnects it.
@@ -307,21 +339,21 @@ impl Broadcaster {
     }
 }
 
-/// Hands queued events to the adapter one after another, so Redis receives
-/// them (and every node delivers them) in the order this node emitted them.
-async fn publish(io: SocketIo<ClusterAdapter>, mut queue: mpsc::Receiver<Outbound>, metrics: Arc<Metrics>) {
-    while let Some(out) = queue.recv().await {
-        let Some(ns) = io.of("/") else {
-            continue;
+/// Publishes queued events one after another, so Redis receives them (and
+/// every node delivers them) in the order this node emitted them.
+async fn publish(pubsub: PubSub, channel: String, mut queue: mpsc::Receiver<Envelope>, metrics: Arc<Metrics>) {
+    while let Some(envelope) = queue.recv().await {
+        let bytes = match serde_json::to_vec(&envelope) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                metrics.adapter_errors.inc();
+                tracing::error!(error = %e, event = envelope.event, "could not encode an event for the other nodes");
+                continue;
+            }
         };
-        if let Err(e) = ns
-            .to(out.room.clone())
-            .except(out.except)
-            .emit(&out.event, &*out.payload)
-            .await
-        {
+        if let Err(e) = pubsub.publish(channel.clone(), bytes).await {
             metrics.adapter_errors.inc();
-            tracing::error!(error = %e, event = out.event, room = out.room, "could not reach the other nodes");
+            tracing::error!(error = %e, event = envelope.event, room = envelope.room, "could not reach the other nodes");
         }
     }
 }

@@ -50,11 +50,18 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(3);
 /// them; sized for bursts of fanout, not for a node that stopped reading.
 const ADAPTER_STREAM_BUFFER: usize = 65_536;
 
+/// This node's in-process Socket.IO, whichever adapter it runs on (tests
+/// attach sockets to it without a network).
+#[derive(Clone)]
+pub enum NodeIo {
+    Single(SocketIo),
+    Cluster(SocketIo<ClusterAdapter>),
+}
+
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    /// One node's in-process Socket.IO (tests attach sockets to it); `None` with many nodes.
-    io: Option<SocketIo>,
+    io: NodeIo,
     chat: Arc<Chat>,
     shutdown_timeout: Duration,
 }
@@ -150,7 +157,7 @@ impl Application {
                 let chat = Arc::new(Chat::new(parts(Broadcaster::single(io.clone(), metrics.clone()))));
                 socket::register(&io, chat.clone());
                 let router = routes(&chat).layer(layer);
-                (chat, router, Some(io))
+                (chat, router, NodeIo::Single(io))
             }
             Some(redis) => {
                 let config = RedisAdapterConfig::new()
@@ -159,15 +166,18 @@ impl Application {
                 let pubsub = cluster::PubSub::connect(redis.client())
                     .await
                     .context("cannot open the Redis pub/sub connection")?;
-                let adapter = RedisAdapterCtr::new_with_driver(pubsub, config);
+                let adapter = RedisAdapterCtr::new_with_driver(pubsub.clone(), config);
                 let (layer, io) = builder.with_adapter::<ClusterAdapter>(adapter).build_layer();
-                let broadcaster = Broadcaster::cluster(io.clone(), redis.node(), metrics.clone());
+                let broadcaster =
+                    Broadcaster::cluster(io.clone(), pubsub, redis.prefix(), redis.node(), metrics.clone())
+                        .await
+                        .context("cannot subscribe to the cluster's event channel")?;
                 let chat = Arc::new(Chat::new(parts(broadcaster)));
                 socket::register(&io, chat.clone())
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot subscribe to the cluster's channels: {e}"))?;
                 let router = routes(&chat).layer(layer);
-                (chat, router, None)
+                (chat, router, NodeIo::Cluster(io))
             }
         };
 
@@ -191,7 +201,7 @@ impl Application {
     }
 
     /// One node's Socket.IO handle, for in-process tests that attach sockets without a network.
-    pub fn io(&self) -> Option<SocketIo> {
+    pub fn io(&self) -> NodeIo {
         self.io.clone()
     }
 

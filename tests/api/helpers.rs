@@ -6,8 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
-use switchboard::{config::Config, startup::Application};
+use switchboard::{
+    config::Config,
+    startup::{Application, NodeIo},
+};
 use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
@@ -15,7 +17,7 @@ pub const SECRET: &str = "integration-secret";
 
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub io: SocketIo,
+    pub io: NodeIo,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -24,6 +26,26 @@ pub struct TestApp {
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
+}
+
+/// The Redis the cluster tests run against (`SB_TEST_REDIS`), or `None` to
+/// skip them; with `REQUIRE_REDIS=1` (CI) a missing Redis fails instead.
+pub fn test_redis() -> Option<String> {
+    match std::env::var("SB_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("REQUIRE_REDIS").as_deref() == Ok("1") => {
+            panic!("REQUIRE_REDIS=1 but SB_TEST_REDIS is not set")
+        }
+        _ => {
+            eprintln!("SB_TEST_REDIS not set: cluster test skipped");
+            None
+        }
+    }
+}
+
+/// A fresh Redis prefix, so concurrent tests make separate clusters.
+pub fn cluster_prefix() -> String {
+    format!("sbit{:016x}", rand::random::<u64>())
 }
 
 pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
@@ -46,7 +68,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = Application::with_listener(settings, listener).await.expect("build");
     let addr = app.local_addr().expect("addr");
-    let io = app.io().expect("a single node has an in-process Socket.IO");
+    let io = app.io();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {
         let _ = stopped.await;
@@ -292,7 +314,11 @@ pub struct Local {
 
 impl Local {
     pub async fn connected(app: &TestApp, token: &str) -> Self {
-        let (tx, rx) = app.io.new_dummy_sock("/", json!({ "token": token })).await;
+        let auth = json!({ "token": token });
+        let (tx, rx) = match &app.io {
+            NodeIo::Single(io) => io.new_dummy_sock("/", auth).await,
+            NodeIo::Cluster(io) => io.new_dummy_sock("/", auth).await,
+        };
         let mut c = Self {
             tx,
             rx,

@@ -2,6 +2,7 @@
 //! database. Network tests speak Engine.IO/Socket.IO over a real WebSocket;
 //! time-based tests attach in-process sockets so time can be paused.
 
+mod cluster;
 mod helpers;
 mod presence;
 mod pusher;
