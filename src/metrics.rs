@@ -81,7 +81,7 @@ impl Metrics {
         );
         registry.register(
             "adapter_errors",
-            "Broadcasts or room changes that could not be handed to the other nodes",
+            "Broadcasts or room changes that could not be handed to the other nodes, or were lost on the way in",
             adapter_errors.clone(),
         );
         registry.register("errors", "Errors answered to clients, by code", errors.clone());

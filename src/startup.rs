@@ -163,7 +163,7 @@ impl Application {
                 let config = RedisAdapterConfig::new()
                     .with_prefix(format!("{}:sio", redis.prefix()))
                     .with_stream_buffer(ADAPTER_STREAM_BUFFER);
-                let pubsub = cluster::PubSub::connect(redis.client())
+                let pubsub = cluster::PubSub::connect(redis.client(), metrics.adapter_errors.clone())
                     .await
                     .context("cannot open the Redis pub/sub connection")?;
                 let adapter = RedisAdapterCtr::new_with_driver(pubsub.clone(), config);

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use redis::{AsyncCommands, PushInfo, PushKind, aio::ConnectionManager};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
@@ -23,7 +24,8 @@ pub struct PubSub {
 }
 
 impl PubSub {
-    pub async fn connect(client: &redis::Client) -> Result<Self, redis::RedisError> {
+    /// `lost` counts messages from other nodes dropped because their stream was full.
+    pub async fn connect(client: &redis::Client, lost: Counter) -> Result<Self, redis::RedisError> {
         let handlers: Handlers = Arc::default();
         let routes = handlers.clone();
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -32,7 +34,7 @@ impl PubSub {
             .set_max_delay(Duration::from_secs(2))
             .set_automatic_resubscription()
             .set_push_sender(move |push: PushInfo| {
-                route(push, &routes);
+                route(push, &routes, &lost);
                 Ok::<(), redis::aio::SendError>(())
             });
         let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
@@ -40,9 +42,9 @@ impl PubSub {
     }
 }
 
-/// Hands a pushed message to the adapter's stream for its channel. Never
-/// blocks the connection: a full stream loses the message (and says so).
-fn route(push: PushInfo, handlers: &Handlers) {
+/// Hands a pushed message to the stream subscribed to its channel. Never
+/// blocks the connection: a full stream loses the message (and counts it).
+fn route(push: PushInfo, handlers: &Handlers, lost: &Counter) {
     if !matches!(push.kind, PushKind::Message) {
         return;
     }
@@ -61,7 +63,8 @@ fn route(push: PushInfo, handlers: &Handlers) {
     if let Some(tx) = handlers.get(&chan)
         && let Err(e) = tx.try_send((chan, payload))
     {
-        tracing::error!(error = %e, "cluster message stream full: a broadcast from another node was lost");
+        lost.inc();
+        tracing::error!(error = %e, "cluster message stream full: a message from another node was lost");
     }
 }
 
