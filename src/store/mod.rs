@@ -7,6 +7,7 @@ mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::{sync::Arc, time::Instant};
 

@@ -1,17 +1,53 @@
 //! The production store: Postgres through a connection pool. Appends to one
 //! room are serialized with a transaction-scoped advisory lock, so within a
-//! room ids follow commit order and `since` recovery never skips a message.
+//! room ids follow commit order and `since` recovery never skips a message,
+//! however many nodes append to it.
+//!
+//! Appends go through writers (group commit, [`super::writer`]): each stores
+//! whatever is queued for it in one transaction. Rooms are spread over the
+//! writers by hash, so one room's messages keep the order they were queued
+//! in while other rooms commit alongside. A batch takes its rooms' locks in
+//! one order (by lock key), so batches of different nodes never deadlock.
 
-use std::time::Duration;
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::Duration,
+};
 
 use async_trait::async_trait;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::mpsc;
 
-use super::{Appended, NewMessage, Page, PageQuery, Store, StoreError, sql};
+use super::{
+    Appended, NewMessage, Page, PageQuery, Store, StoreError, sql,
+    writer::{self, Batches, Inserted, Job, MAX_BATCH},
+};
 use crate::domain::RoomId;
+
+/// Writers per node: enough to overlap round trips to the server, few enough
+/// to leave the pool to reads.
+const WRITERS: usize = 4;
+
+/// The lock a room's appends take, the same for every node and version.
+const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+/// Locks every room of a batch, in the order of their lock keys.
+const LOCK_ROOMS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
+     (SELECT DISTINCT hashtextextended(r, 0) AS k FROM unnest($1::text[]) AS r ORDER BY k) AS keys";
+
+/// Stores a whole batch, bound as one JSON array of rows
+/// ([`writer::BatchRow`]), in array order; rows whose idempotency key was
+/// taken are skipped and not returned.
+const INSERT_BATCH: &str = "INSERT INTO messages \
+     (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) \
+     SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5, \
+            v ->> 6, v ->> 7, v ->> 8, v ->> 9, v ->> 10, (v ->> 11)::bigint \
+     FROM json_array_elements($1::json) WITH ORDINALITY AS t(v, n) ORDER BY n \
+     ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id";
 
 pub struct PostgresStore {
     shared: sql::Shared<sqlx::Postgres>,
+    writers: Vec<mpsc::Sender<Job>>,
 }
 
 impl PostgresStore {
@@ -22,22 +58,47 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let writers = (0..WRITERS)
+            .map(|_| {
+                let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+                tokio::spawn(writer::write_loop(Writer { pool: pool.clone() }, queue));
+                writer
+            })
+            .collect();
         Ok(Self {
             shared: sql::Shared { pool },
+            writers,
         })
+    }
+
+    fn writer_of(&self, room: &RoomId) -> &mpsc::Sender<Job> {
+        let mut hasher = DefaultHasher::new();
+        room.as_str().hash(&mut hasher);
+        &self.writers[hasher.finish() as usize % self.writers.len()]
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+/// A writer's side of the store: it takes a pooled connection per batch.
+struct Writer {
+    pool: PgPool,
+}
+
+impl Batches for Writer {
+    async fn insert_batch(&mut self, batch: &[&NewMessage], rows: &str) -> Result<Vec<Inserted>, StoreError> {
+        let rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_ROOMS).bind(&rooms).execute(&mut *tx).await?;
+        let rows = sqlx::query(INSERT_BATCH).bind(rows).fetch_all(&mut *tx).await?;
+        let inserted = rows.iter().map(Inserted::read).collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn append_one(&mut self, m: &NewMessage) -> Result<Appended, StoreError> {
         let user_json = m.sender.user.json().to_string();
-        let mut tx = self.shared.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(m.room.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sql::bind_insert(sqlx::query(sql::INSERT), &m, user_json)
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_ROOM).bind(m.room.as_str()).execute(&mut *tx).await?;
+        let inserted = sql::bind_insert(sqlx::query(sql::INSERT), m, user_json)
             .fetch_optional(&mut *tx)
             .await?;
         let appended = match inserted {
@@ -45,21 +106,23 @@ impl Store for PostgresStore {
                 message: sql::message(&row)?,
                 created: true,
             },
-            None => {
-                let row = sqlx::query(sql::BY_KEY)
-                    .bind(m.room.as_str())
-                    .bind(m.sender.user.key())
-                    .bind(&m.client_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                Appended {
-                    message: sql::message(&row)?,
-                    created: false,
-                }
-            }
+            None => sql::by_key(&mut *tx, m).await?,
         };
         tx.commit().await?;
         Ok(appended)
+    }
+
+    async fn by_key(&mut self, m: &NewMessage) -> Result<Appended, StoreError> {
+        sql::by_key(&self.pool, m).await
+    }
+
+    async fn close(self) {}
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        writer::submit(self.writer_of(&m.room), m).await
     }
 
     async fn page(&self, room: &RoomId, q: PageQuery) -> Result<Page, StoreError> {
@@ -78,7 +141,29 @@ impl Store for PostgresStore {
         self.shared.ping().await
     }
 
+    /// Lets every writer finish what is queued, then closes the pool.
     async fn close(&self) {
+        for writer in &self.writers {
+            writer::close(writer).await;
+        }
         self.shared.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against `SWITCHBOARD_TEST_POSTGRES` (skipped without it), in a
+    /// database of its own.
+    #[tokio::test]
+    async fn a_batch_is_one_statement_that_skips_taken_keys() {
+        let Some(url) = crate::store::tests::fresh_postgres().await else {
+            return;
+        };
+        let store = PostgresStore::open(&url).await.expect("opens");
+        let pool = PgPool::connect(&url).await.expect("connects");
+        writer::tests::a_batch_skips_taken_keys(&mut Writer { pool }).await;
+        store.close().await;
     }
 }

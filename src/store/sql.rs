@@ -3,7 +3,7 @@
 
 use sqlx::{Database, Decode, Encode, Row, Type, query::Query};
 
-use super::{NewMessage, StoreError};
+use super::{Appended, NewMessage, StoreError};
 use crate::domain::{MessageKind, StoredMessage};
 
 macro_rules! columns {
@@ -72,6 +72,30 @@ where
         .bind(m.media.clone())
         .bind(m.audio.clone())
         .bind(m.timestamp)
+}
+
+/// The stored original of a message whose idempotency key was taken.
+pub async fn by_key<'e, DB, E>(executor: E, m: &NewMessage) -> Result<Appended, StoreError>
+where
+    DB: Database,
+    E: sqlx::Executor<'e, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> &'r str: sqlx::ColumnIndex<DB::Row>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+{
+    let row = sqlx::query::<DB>(BY_KEY)
+        .bind(m.room.as_str())
+        .bind(m.sender.user.key())
+        .bind(m.client_id.clone())
+        .fetch_one(executor)
+        .await?;
+    Ok(Appended {
+        message: message(&row)?,
+        created: false,
+    })
 }
 
 /// Reads a message row (the [`columns!`] list) back.

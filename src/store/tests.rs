@@ -14,6 +14,15 @@ async fn engines() -> Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
         Arc::new(SqliteStore::open(&url).await.expect("sqlite opens")),
         Some(dir),
     )];
+    if let Some(url) = fresh_postgres().await {
+        let store = PostgresStore::open(&url).await.expect("postgres opens");
+        out.push((Arc::new(store), None));
+    }
+    out
+}
+
+/// A new, empty database on `SWITCHBOARD_TEST_POSTGRES`, or `None` without it.
+pub async fn fresh_postgres() -> Option<String> {
     match std::env::var("SWITCHBOARD_TEST_POSTGRES") {
         Ok(admin) if !admin.is_empty() => {
             let name = format!("sb_test_{}", rand::random::<u32>());
@@ -23,14 +32,13 @@ async fn engines() -> Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
                 .await
                 .expect("create db");
             let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            let store = PostgresStore::open(&format!("{base}/{name}"))
-                .await
-                .expect("postgres opens");
-            out.push((Arc::new(store), None));
+            Some(format!("{base}/{name}"))
         }
-        _ => eprintln!("SWITCHBOARD_TEST_POSTGRES unset: store tests ran on SQLite only"),
+        _ => {
+            eprintln!("SWITCHBOARD_TEST_POSTGRES unset: store tests ran on SQLite only");
+            None
+        }
     }
-    out
 }
 
 fn new(room: &str, user: Value, client_id: Option<&str>, text: &str) -> NewMessage {
