@@ -79,15 +79,18 @@ enum Scenario {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server address, ws://127.x.y.z:PORT (loopback only).
-    #[arg(long, default_value = "ws://127.0.0.1:7071")]
-    url: String,
+    /// Server address, ws://127.x.y.z:PORT (loopback only). Several,
+    /// comma-separated, are the nodes of one cluster: connection i goes to the
+    /// (i mod n)-th, so in `dm` the two sides of every pair are on different nodes.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:7071")]
+    url: Vec<String>,
     /// HS256 secret the server verifies tokens with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     secret: String,
-    /// Server process id, for its CPU (/proc/PID/stat) and RSS (/proc/PID/status).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process id(s), comma-separated, for their CPU (/proc/PID/stat)
+    /// and RSS (/proc/PID/status), summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Measured seconds (idle: the hold after everyone is connected).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -124,6 +127,13 @@ fn token(secret: &str, sub: u64) -> String {
     format!("{signing_input}.{sig}")
 }
 
+fn loopback_targets(urls: &[String]) -> anyhow::Result<Vec<Arc<Target>>> {
+    if urls.is_empty() {
+        bail!("--url names no server");
+    }
+    urls.iter().map(|u| loopback_target(u).map(Arc::new)).collect()
+}
+
 fn loopback_target(url: &str) -> anyhow::Result<Target> {
     let rest = url
         .strip_prefix("ws://")
@@ -153,7 +163,7 @@ fn src_addr(common: &Common, i: usize) -> IpAddr {
 /// the first few errors.
 async fn connect_all(
     common: &Common,
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
     users: Vec<u64>,
     rooms: Vec<String>,
     stats: &Arc<Stats>,
@@ -162,7 +172,8 @@ async fn connect_all(
     let mut set = JoinSet::new();
     for (i, (user, room)) in users.into_iter().zip(rooms).enumerate() {
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-        let (target, stats, tok, src) = (target.clone(), stats.clone(), token(&common.secret, user), src_addr(common, i));
+        let target = targets[i % targets.len()].clone();
+        let (stats, tok, src) = (stats.clone(), token(&common.secret, user), src_addr(common, i));
         set.spawn(async move {
             let _permit = permit;
             let r = tokio::time::timeout(proto::CONNECT_TIMEOUT, async {
@@ -290,27 +301,27 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn idle(common: Common, conns: usize, room_size: usize, nofile: u64) -> anyhow::Result<Value> {
-    let target = Arc::new(loopback_target(&common.url)?);
+    let targets = loopback_targets(&common.url)?;
     let stats = Arc::new(Stats::new());
     let mut out = base_json(
         "idle",
         &common,
         json!({ "conns": conns, "room_size": room_size, "src_addrs": common.src_addrs, "nofile_limit": nofile }),
     );
-    let server_before = common.server_pid.map(Usage::of).transpose()?;
+    let server_before = Usage::of_all(&common.server_pid)?;
     let me_before = Usage::of_self()?;
     let users: Vec<u64> = (0..conns as u64).map(|i| common.first_user + i).collect();
     let rooms: Vec<String> = (0..conns).map(|i| format!("idle-{}", i / room_size.max(1))).collect();
     let t0 = Instant::now();
     eprintln!("idle: connecting {conns} sockets");
-    let (clients, failures, errors) = connect_all(&common, &target, users, rooms, &stats).await;
+    let (clients, failures, errors) = connect_all(&common, &targets, users, rooms, &stats).await;
     let connect_secs = t0.elapsed().as_secs_f64();
     let connected = clients.iter().filter(|c| c.is_some()).count();
     eprintln!("idle: {connected} connected in {connect_secs:.2}s, holding {}s", common.duration);
-    let server_connected = common.server_pid.map(Usage::of).transpose()?;
+    let server_connected = Usage::of_all(&common.server_pid)?;
     let me_connected = Usage::of_self()?;
     tokio::time::sleep(Duration::from_secs_f64(common.duration)).await;
-    let server_after = common.server_pid.map(Usage::of).transpose()?;
+    let server_after = Usage::of_all(&common.server_pid)?;
     let me_after = Usage::of_self()?;
     let still = connected as u64 - stats.disconnects.load(Relaxed).min(connected as u64);
     let o = out.as_object_mut().expect("object");
@@ -361,13 +372,13 @@ async fn traffic(
     if rate <= 0.0 {
         bail!("--rate must be positive");
     }
-    let target = Arc::new(loopback_target(&common.url)?);
+    let targets = loopback_targets(&common.url)?;
     let stats = Arc::new(Stats::new());
     let mut out = base_json(name, &common, params);
     let users: Vec<u64> = (0..rooms.len() as u64).map(|i| common.first_user + i).collect();
     let t0 = Instant::now();
     eprintln!("{name}: connecting {} sockets", users.len());
-    let (clients, failures, errors) = connect_all(&common, &target, users, rooms.clone(), &stats).await;
+    let (clients, failures, errors) = connect_all(&common, &targets, users, rooms.clone(), &stats).await;
     let connect_secs = t0.elapsed().as_secs_f64();
     let connected = clients.iter().filter(|c| c.is_some()).count();
     if failures > 0 {
@@ -417,14 +428,14 @@ async fn traffic(
             }
         });
     }
-    let server_pid = common.server_pid;
+    let server_pid = common.server_pid.clone();
     tokio::time::sleep_until(measure_start).await;
     let measure_start_us = now_us();
-    let server_a = server_pid.map(Usage::of).transpose()?;
+    let server_a = Usage::of_all(&server_pid)?;
     let me_a = Usage::of_self()?;
     eprintln!("{name}: measuring for {}s", common.duration);
     tokio::time::sleep_until(measure_end).await;
-    let server_b = server_pid.map(Usage::of).transpose()?;
+    let server_b = Usage::of_all(&server_pid)?;
     let me_b = Usage::of_self()?;
     while tasks.join_next().await.is_some() {}
 

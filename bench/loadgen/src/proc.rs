@@ -77,6 +77,23 @@ impl Usage {
         sample(&format!("/proc/{pid}"))
     }
 
+    /// The processes' CPU and RSS summed (the nodes of a cluster); `None` for none.
+    pub fn of_all(pids: &[u32]) -> anyhow::Result<Option<Self>> {
+        let mut total: Option<Self> = None;
+        for &pid in pids {
+            let u = Self::of(pid)?;
+            total = Some(match total {
+                None => u,
+                Some(t) => Self {
+                    cpu_secs: t.cpu_secs + u.cpu_secs,
+                    rss_kb: t.rss_kb + u.rss_kb,
+                    ..u
+                },
+            });
+        }
+        Ok(total)
+    }
+
     pub fn of_self() -> anyhow::Result<Self> {
         sample("/proc/self")
     }
