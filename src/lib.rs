@@ -16,7 +16,8 @@
 //! - [`broadcast`]: the one place every event to a room passes through.
 //! - [`pusher`]: Pusher compatibility — signatures, the auth shim for `private-`/`presence-`
 //!   rooms, and the Pusher HTTP API (plus signed group membership routes).
-//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite today).
+//! - [`store`]: durable state behind the [`store::Store`] trait (SQLite embedded, Postgres in production).
+//! - [`cluster`]: many nodes sharing one Redis — presence, typing, rate limits, heartbeats.
 //! - [`error`]: the boundary error and its single mapping to the contract's codes.
 //! - [`metrics`], [`ratelimit`], [`telemetry`], [`dev`], [`clock`]: supporting pieces.
 //!
@@ -27,7 +28,8 @@
 //! 2. [`chat::Chat::send`] appends it through the [`store::Store`] (idempotent on
 //!    `(room, sender, clientId)`) and waits for the commit.
 //! 3. Only a newly stored message is handed to [`broadcast::Broadcaster`], which
-//!    delivers `new-message` to every socket in the room, the sender's included.
+//!    delivers `new-message` to every socket in the room, the sender's included
+//!    (with many nodes, also publishing it for the others' broadcasters).
 //! 4. The ack `{ ok: true, message }` goes back last: an acked message is a stored one.
 //!
 //! REST `POST /api/rooms/{roomId}/messages` enters at step 2 with the same rules;

@@ -1,6 +1,7 @@
 //! Many nodes sharing one Redis: the connection, the key layout, and this
-//! node's heartbeat. Broadcasts between nodes ride on socketioxide-redis (wired
-//! in `startup`); this module owns the cluster's *state*: who is present where
+//! node's heartbeat. Events between nodes ride on [`PubSub`] (the broadcaster's
+//! own channel, and socketioxide-redis for acting on sockets, wired in
+//! `startup`); this module owns the cluster's *state*: who is present where
 //! ([`RedisPresence`]), who is typing ([`SharedTyping`]) and the shared
 //! per-user rate budget ([`SharedLimit`]).
 //!
