@@ -100,10 +100,21 @@ struct Envelope {
     payload: Box<RawValue>,
 }
 
+fn stripe(room: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    room.hash(&mut hasher);
+    hasher.finish() as usize % ORDER_STRIPES
+}
+
 /// The pub/sub channel events cross between nodes on.
 fn events_channel(prefix: &str) -> String {
     format!("{prefix}:events")
 }
+
+/// Locks that make delivering an event here and queueing it for the other
+/// nodes one step per room (striped by room, so rooms don't wait on each other).
+const ORDER_STRIPES: usize = 64;
 
 #[derive(Clone)]
 enum Io {
@@ -112,6 +123,7 @@ enum Io {
         io: SocketIo<ClusterAdapter>,
         node: String,
         outbound: mpsc::Sender<Envelope>,
+        order: Arc<[std::sync::Mutex<()>; ORDER_STRIPES]>,
     },
 }
 
@@ -165,6 +177,7 @@ impl Broadcaster {
                 io,
                 node: node.to_owned(),
                 outbound,
+                order: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
             },
             metrics: metrics.clone(),
             cutting_off: Arc::default(),
@@ -194,7 +207,17 @@ impl Broadcaster {
         let except = audience.except_rooms();
         match &self.io {
             Io::Single(io) => self.deliver_here(io, room, except, event, &payload),
-            Io::Cluster { io, node, outbound } => {
+            Io::Cluster {
+                io,
+                node,
+                outbound,
+                order,
+            } => {
+                // Two emits to one room from different threads must not cross
+                // between delivering here and queueing for the others, or the
+                // other nodes would see them in another order than this one.
+                // Held for synchronous work only, never across an await.
+                let turn = order[stripe(&room)].lock().unwrap_or_else(|p| p.into_inner());
                 let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload);
                 let queued = outbound.try_send(Envelope {
                     node: node.clone(),
@@ -203,6 +226,7 @@ impl Broadcaster {
                     event: event.to_owned(),
                     payload,
                 });
+                drop(turn);
                 if queued.is_err() {
                     self.metrics.adapter_errors.inc();
                     tracing::error!(event, room = %audience.room, "queue to the other nodes is full: event not sent to them");
