@@ -100,13 +100,6 @@ struct Envelope {
     payload: Box<RawValue>,
 }
 
-fn stripe(room: &str) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    room.hash(&mut hasher);
-    hasher.finish() as usize % ORDER_STRIPES
-}
-
 /// The pub/sub channel events cross between nodes on.
 fn events_channel(prefix: &str) -> String {
     format!("{prefix}:events")
@@ -217,7 +210,9 @@ impl Broadcaster {
                 // between delivering here and queueing for the others, or the
                 // other nodes would see them in another order than this one.
                 // Held for synchronous work only, never across an await.
-                let turn = order[stripe(&room)].lock().unwrap_or_else(|p| p.into_inner());
+                let turn = order[audience.room.shard(ORDER_STRIPES)]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload);
                 let queued = outbound.try_send(Envelope {
                     node: node.clone(),

@@ -57,6 +57,15 @@ impl RoomId {
         &self.0
     }
 
+    /// This room's bucket among `n` (stable within one process), for
+    /// spreading rooms over writers or locks. `n` must not be 0.
+    pub fn shard(&self, n: usize) -> usize {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        self.0.hash(&mut hasher);
+        hasher.finish() as usize % n
+    }
+
     pub fn kind(&self) -> RoomKind {
         // Ids are only built by `parse`, which already ran `kind_checked`.
         self.kind_checked().unwrap_or(RoomKind::Public)

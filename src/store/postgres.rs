@@ -9,10 +9,7 @@
 //! in while other rooms commit alongside. A batch takes its rooms' locks in
 //! one order (by lock key), so batches of different nodes never deadlock.
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    time::Duration,
-};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -38,12 +35,14 @@ const LOCK_ROOMS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
 /// Stores a whole batch, bound as one JSON array of rows
 /// ([`writer::BatchRow`]), in array order; rows whose idempotency key was
 /// taken are skipped and not returned.
-const INSERT_BATCH: &str = "INSERT INTO messages \
-     (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) \
-     SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5, \
+const INSERT_BATCH: &str = concat!(
+    "INSERT INTO messages ",
+    sql::insert_columns!(),
+    " SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5, \
             v ->> 6, v ->> 7, v ->> 8, v ->> 9, v ->> 10, (v ->> 11)::bigint \
      FROM json_array_elements($1::json) WITH ORDINALITY AS t(v, n) ORDER BY n \
-     ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id";
+     ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id"
+);
 
 pub struct PostgresStore {
     shared: sql::Shared<sqlx::Postgres>,
@@ -72,9 +71,7 @@ impl PostgresStore {
     }
 
     fn writer_of(&self, room: &RoomId) -> &mpsc::Sender<Job> {
-        let mut hasher = DefaultHasher::new();
-        room.as_str().hash(&mut hasher);
-        &self.writers[hasher.finish() as usize % self.writers.len()]
+        &self.writers[room.shard(self.writers.len())]
     }
 }
 

@@ -12,10 +12,20 @@ macro_rules! columns {
     };
 }
 
+/// The columns a new message is written to, in the order [`bind_insert`]
+/// binds them and [`super::writer::BatchRow`] encodes them.
+macro_rules! insert_columns {
+    () => {
+        "(room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at)"
+    };
+}
+pub(super) use insert_columns;
+
 /// Inserts unless the idempotency key exists; returns the row when inserted.
 pub const INSERT: &str = concat!(
-    "INSERT INTO messages (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) ",
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
+    "INSERT INTO messages ",
+    insert_columns!(),
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING ",
     columns!()
 );
 

@@ -32,12 +32,14 @@ use crate::domain::RoomId;
 /// SQLite prepares it once, and outside a transaction it commits by itself.
 /// Rows come back without the ones whose idempotency key was taken;
 /// `ORDER BY key` makes ids follow the array's order.
-const INSERT_BATCH: &str = "INSERT INTO messages \
-     (room_id, user_key, user_json, username, full_name, avatar, client_id, body, kind, media, audio, created_at) \
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+const INSERT_BATCH: &str = concat!(
+    "INSERT INTO messages ",
+    sql::insert_columns!(),
+    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
             value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11 \
      FROM json_each($1) WHERE true ORDER BY key \
-     ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id";
+     ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id"
+);
 
 /// Writer pages (32 MiB): the hot ends of the indexes stay in memory.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;

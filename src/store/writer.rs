@@ -97,8 +97,6 @@ async fn write(engine: &mut impl Batches, batch: &mut Vec<(NewMessage, Reply)>) 
         Ok(json) => engine.insert_batch(&messages, &json).await,
         Err(e) => Err(StoreError::Corrupt(format!("encoding a batch: {e}"))),
     };
-    drop(rows);
-    drop(messages);
     let mut inserted = match inserted {
         Ok(rows) => rows,
         Err(e) => {

@@ -3,21 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{Client, Local, TestApp, Ws, cluster_prefix, spawn_app_with, test_redis, user};
-
-async fn metric(app: &TestApp, name: &str) -> Option<f64> {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
+use crate::helpers::{Client, Local, Ws, cluster_prefix, spawn_app_with, test_redis, user};
 
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected_by_its_own_node_when_the_events_come_from_another() {
@@ -52,13 +38,10 @@ async fn a_slow_consumer_is_disconnected_by_its_own_node_when_the_events_come_fr
         assert_eq!(reader.event("new-message").await["message"], json!(format!("m{i}")));
     }
     assert_eq!(
-        metric(&b, "switchboard_slow_consumer_disconnects_total").await,
+        b.metric("switchboard_slow_consumer_disconnects_total").await,
         Some(1.0),
         "node B cut its slow socket off, once"
     );
-    assert_eq!(
-        metric(&a, "switchboard_slow_consumer_disconnects_total").await,
-        Some(0.0)
-    );
+    assert_eq!(a.metric("switchboard_slow_consumer_disconnects_total").await, Some(0.0));
     drop(stalled);
 }
