@@ -444,7 +444,7 @@ async fn traffic(
     let drain_limit = Duration::from_secs_f64(common.drain);
     loop {
         let done = stats.inflight.load(Relaxed) <= 0
-            && stats.received_measured.load(Relaxed) >= stats.expected_measured.load(Relaxed);
+            && stats.received_measured() >= stats.expected_measured.load(Relaxed);
         if done || drain_start.elapsed() >= drain_limit {
             break;
         }
@@ -454,14 +454,14 @@ async fn traffic(
     stats.stopping.store(true, Relaxed);
 
     let secs = common.duration;
-    let received = stats.received_measured.load(Relaxed);
+    let received = stats.received_measured();
     let expected = stats.expected_measured.load(Relaxed);
     let acked = stats.acked_ok_measured.load(Relaxed);
     let sent = stats.sent_measured.load(Relaxed);
     // Rates over the measured window, or over the time it actually took to get
     // the window's messages through when the server fell behind.
     let span = |last_us: u64| secs.max(last_us.saturating_sub(measure_start_us) as f64 / 1e6);
-    let deliveries_span = span(stats.last_delivery_us.load(Relaxed));
+    let deliveries_span = span(stats.last_delivery_us());
     let acks_span = span(stats.last_ack_us.load(Relaxed));
     let o = out.as_object_mut().expect("object");
     o.insert("connections".into(), json!(connected));
@@ -483,7 +483,7 @@ async fn traffic(
     o.insert("msgs_acked_per_s".into(), json!((acked as f64 / acks_span).round()));
     o.insert("deliveries_per_s".into(), json!((received as f64 / deliveries_span).round()));
     o.insert("rate_span_s".into(), json!({ "acks": acks_span, "deliveries": deliveries_span }));
-    o.insert("latency".into(), Stats::latency_json(&stats.latency.lock().expect("lock")));
+    o.insert("latency".into(), Stats::latency_json(&stats.latency()));
     o.insert("ack_latency".into(), Stats::latency_json(&stats.ack_latency.lock().expect("lock")));
     o.insert("disconnects".into(), json!(stats.disconnects.load(Relaxed)));
     o.insert("disconnect_reasons".into(), json!(*stats.disconnect_reasons.lock().expect("lock")));
