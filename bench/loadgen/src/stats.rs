@@ -43,7 +43,6 @@ fn histogram() -> Histogram<u64> {
 #[repr(align(128))]
 struct Shard {
     received_measured: AtomicU64,
-    received_warmup: AtomicU64,
     last_delivery_us: AtomicU64,
     latency: Mutex<Histogram<u64>>,
 }
@@ -55,7 +54,6 @@ thread_local! {
     static SHARD: Arc<Shard> = {
         let shard = Arc::new(Shard {
             received_measured: AtomicU64::new(0),
-            received_warmup: AtomicU64::new(0),
             last_delivery_us: AtomicU64::new(0),
             latency: Mutex::new(histogram()),
         });
@@ -132,19 +130,19 @@ impl Stats {
             self.bad_frames.fetch_add(1, Relaxed);
             return;
         };
+        // Warm-up deliveries count for nothing.
+        if !measured {
+            return;
+        }
         let now = now_us();
         SHARD.with(|shard| {
-            if measured {
-                shard.received_measured.fetch_add(1, Relaxed);
-                shard.last_delivery_us.fetch_max(now, Relaxed);
-                let _ = shard
-                    .latency
-                    .lock()
-                    .expect("latency lock")
-                    .record(now.saturating_sub(sent).max(1));
-            } else {
-                shard.received_warmup.fetch_add(1, Relaxed);
-            }
+            shard.received_measured.fetch_add(1, Relaxed);
+            shard.last_delivery_us.fetch_max(now, Relaxed);
+            let _ = shard
+                .latency
+                .lock()
+                .expect("latency lock")
+                .record(now.saturating_sub(sent).max(1));
         });
     }
 
