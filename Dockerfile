@@ -7,6 +7,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so code changes don't rebuild them.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
+# The patched socketioxide (vendor/socketioxide/PATCHES.md).
+COPY vendor ./vendor
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src target/release/deps/switchboard* target/release/.fingerprint/switchboard*

@@ -2,9 +2,9 @@
 //! REST and the Pusher HTTP API call [`Broadcaster`]; other kinds of
 //! subscribers hook in here without touching them.
 //!
-//! Delivery to this node's sockets is per socket, so that a socket whose
-//! bounded send buffer is full can be told apart and disconnected (its client
-//! recovers with `since`): nobody else waits for it. With many nodes the same
+//! An event is encoded once, then handed to this node's sockets one by one,
+//! so that a socket whose bounded send buffer is full can be told apart and
+//! disconnected (its client recovers with `since`): nobody else waits for it. With many nodes the same
 //! event is also queued, in the same step, for the others: one task publishes
 //! the queue in order on the cluster's event channel, and every other node
 //! hands what it receives to its own broadcaster, which delivers it the same
@@ -18,11 +18,12 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::{
-    SendError, SocketError, SocketIo,
+    SocketError, SocketIo,
     adapter::{Adapter, Emitter, LocalAdapter},
     extract::SocketRef,
     socket::Sid,
 };
+use socketioxide_core::Value;
 use socketioxide_redis::drivers::Driver;
 use tokio::sync::mpsc;
 
@@ -188,7 +189,8 @@ impl Broadcaster {
     /// Sends `event` to the audience on every node; returns how many of this
     /// node's sockets got it.
     pub async fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
-        // Encode the payload once; each socket then only copies the bytes into its frame.
+        // JSON once: the other nodes get these bytes as they are, and each node
+        // wraps them into one Socket.IO packet for all of its sockets.
         let payload = match serde_json::value::to_raw_value(payload) {
             Ok(raw) => raw,
             Err(e) => {
@@ -243,12 +245,14 @@ impl Broadcaster {
         let Some(ns) = io.of("/") else {
             return 0;
         };
-        let delivered = ns
-            .to(room)
-            .except(except)
-            .sockets()
+        let sockets = ns.to(room).except(except).sockets();
+        // Encoded once for the whole room; each socket gets the same bytes.
+        let Some(packet) = sockets.first().and_then(|s| self.encode(s, event, payload)) else {
+            return 0;
+        };
+        let delivered = sockets
             .iter()
-            .filter(|s| self.send(s, event, payload))
+            .filter(|s| self.sent(s, s.send_encoded(packet.clone())))
             .count();
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
@@ -277,17 +281,32 @@ impl Broadcaster {
 
     /// Sends to one socket of this node; a full buffer disconnects it.
     pub fn send<A: Adapter, T: Serialize + ?Sized>(&self, socket: &SocketRef<A>, event: &str, payload: &T) -> bool {
-        match socket.emit(event, payload) {
+        self.encode(socket, event, payload)
+            .is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
+    }
+
+    /// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it.
+    fn encode<A: Adapter, T: Serialize + ?Sized>(
+        &self,
+        socket: &SocketRef<A>,
+        event: &str,
+        payload: &T,
+    ) -> Option<Value> {
+        socket
+            .encode_event(event, payload)
+            .inspect_err(|e| tracing::error!(error = %e, event, "could not encode event"))
+            .ok()
+    }
+
+    /// Whether a send went through; a full buffer disconnects the socket.
+    fn sent<A: Adapter>(&self, socket: &SocketRef<A>, result: Result<(), SocketError>) -> bool {
+        match result {
             Ok(()) => true,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+            Err(SocketError::InternalChannelFull) => {
                 self.cut_off(socket);
                 false
             }
-            Err(SendError::Socket(SocketError::Closed)) => false,
-            Err(e) => {
-                tracing::error!(error = %e, event, "could not encode event");
-                false
-            }
+            Err(SocketError::Closed) => false,
         }
     }
 
