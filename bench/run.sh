@@ -9,6 +9,8 @@
 #   idle         IDLE_CONNS connections joined to rooms, RSS per connection
 #   fanout       FANOUT_ROOMS x FANOUT_MEMBERS, FANOUT_SENDERS at FANOUT_RATE msg/s each
 #   dm           DM_PAIRS chat-A-B rooms, both sides at DM_RATE msg/s each
+#                (FANOUT_RATE_SWITCHBOARD, DM_RATE_REFERENCE, ...: one server's own
+#                rate, to confirm each side at its own maximum, still alternating)
 #   max-fanout   per server: step the fanout rate up (x STEP) until p99 > 50 ms or
 #                any loss, bisect once, then RUNS confirmation runs at the best rate
 #   max-dm       the same for dm with p99 <= 20 ms
@@ -175,12 +177,13 @@ idle_args()   { echo idle --conns "$IDLE_CONNS" --room-size "$IDLE_ROOM_SIZE" --
 fanout_args() { echo fanout --rooms "$FANOUT_ROOMS" --members "$FANOUT_MEMBERS" --senders "$FANOUT_SENDERS" --rate "$1" --duration "$DURATION" --warmup "$WARMUP"; }
 dm_args()     { echo dm --pairs "$DM_PAIRS" --rate "$1" --duration "$DURATION" --warmup "$WARMUP"; }
 
-alternate() { # tag args-function [rate]
-  local tag="$1" fn="$2" rate="${3:-}" i server
+alternate() { # tag args-function [rate]; e.g. FANOUT_RATE_REFERENCE overrides the rate for one server
+  local tag="$1" fn="$2" rate="${3:-}" i server own
   for i in $(seq 1 "$RUNS"); do
     for server in $SERVERS; do
+      own="${tag^^}_RATE_${server^^}"
       # shellcheck disable=SC2046
-      run_one "$server" "$tag" $($fn $rate) >/dev/null || true
+      run_one "$server" "$tag" $($fn ${!own:-$rate}) >/dev/null || true
     done
   done
 }
