@@ -31,7 +31,10 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Socket.IO load generator for switchboard benchmarks (loopback only)")]
+#[command(
+    name = "loadgen",
+    about = "Socket.IO load generator for switchboard benchmarks (loopback only)"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -260,7 +263,11 @@ async fn main() -> anyhow::Result<()> {
     now_us();
     let nofile = proc::raise_nofile();
     let result = match cli.scenario {
-        Scenario::Idle { common, conns, room_size } => idle(common, conns, room_size, nofile).await?,
+        Scenario::Idle {
+            common,
+            conns,
+            room_size,
+        } => idle(common, conns, room_size, nofile).await?,
         Scenario::Fanout {
             common,
             rooms,
@@ -317,7 +324,10 @@ async fn idle(common: Common, conns: usize, room_size: usize, nofile: u64) -> an
     let (clients, failures, errors) = connect_all(&common, &targets, users, rooms, &stats).await;
     let connect_secs = t0.elapsed().as_secs_f64();
     let connected = clients.iter().filter(|c| c.is_some()).count();
-    eprintln!("idle: {connected} connected in {connect_secs:.2}s, holding {}s", common.duration);
+    eprintln!(
+        "idle: {connected} connected in {connect_secs:.2}s, holding {}s",
+        common.duration
+    );
     let server_connected = Usage::of_all(&common.server_pid)?;
     let me_connected = Usage::of_self()?;
     tokio::time::sleep(Duration::from_secs_f64(common.duration)).await;
@@ -335,7 +345,10 @@ async fn idle(common: Common, conns: usize, room_size: usize, nofile: u64) -> an
     );
     o.insert("still_connected_at_end".into(), json!(still));
     o.insert("disconnects".into(), json!(stats.disconnects.load(Relaxed)));
-    o.insert("disconnect_reasons".into(), json!(*stats.disconnect_reasons.lock().expect("lock")));
+    o.insert(
+        "disconnect_reasons".into(),
+        json!(*stats.disconnect_reasons.lock().expect("lock")),
+    );
     o.insert("events_received".into(), json!(stats.other_events.load(Relaxed)));
     if let (Some(b), Some(a)) = (&server_before, &server_after) {
         let per_conn = (a.rss_kb as f64 - b.rss_kb as f64) * 1024.0 / connected.max(1) as f64;
@@ -345,11 +358,17 @@ async fn idle(common: Common, conns: usize, room_size: usize, nofile: u64) -> an
     }
     o.insert(
         "connect_phase".into(),
-        usage_json(server_before.as_ref().zip(server_connected.as_ref()), (&me_before, &me_connected)),
+        usage_json(
+            server_before.as_ref().zip(server_connected.as_ref()),
+            (&me_before, &me_connected),
+        ),
     );
     o.insert(
         "hold_phase".into(),
-        usage_json(server_connected.as_ref().zip(server_after.as_ref()), (&me_connected, &me_after)),
+        usage_json(
+            server_connected.as_ref().zip(server_after.as_ref()),
+            (&me_connected, &me_after),
+        ),
     );
     o.insert("loadavg_end".into(), loadavg());
     stats.stopping.store(true, Relaxed);
@@ -393,7 +412,9 @@ async fn traffic(
     let measure_end = measure_start + Duration::from_secs_f64(common.duration);
     let mut tasks = JoinSet::new();
     for (n, &s) in senders.iter().enumerate() {
-        let Some(client) = clients.get(s).cloned().flatten() else { continue };
+        let Some(client) = clients.get(s).cloned().flatten() else {
+            continue;
+        };
         let room = rooms[s].clone();
         let stats = stats.clone();
         let pad = common.msg_bytes;
@@ -443,8 +464,8 @@ async fn traffic(
     let drain_start = Instant::now();
     let drain_limit = Duration::from_secs_f64(common.drain);
     loop {
-        let done = stats.inflight.load(Relaxed) <= 0
-            && stats.received_measured() >= stats.expected_measured.load(Relaxed);
+        let done =
+            stats.inflight.load(Relaxed) <= 0 && stats.received_measured() >= stats.expected_measured.load(Relaxed);
         if done || drain_start.elapsed() >= drain_limit {
             break;
         }
@@ -479,14 +500,33 @@ async fn traffic(
     o.insert("received_deliveries".into(), json!(received));
     o.insert("lost_deliveries".into(), json!(expected.saturating_sub(received)));
     o.insert("extra_deliveries".into(), json!(received.saturating_sub(expected)));
-    o.insert("loss_ratio".into(), json!(if expected > 0 { expected.saturating_sub(received) as f64 / expected as f64 } else { 0.0 }));
+    o.insert(
+        "loss_ratio".into(),
+        json!(if expected > 0 {
+            expected.saturating_sub(received) as f64 / expected as f64
+        } else {
+            0.0
+        }),
+    );
     o.insert("msgs_acked_per_s".into(), json!((acked as f64 / acks_span).round()));
-    o.insert("deliveries_per_s".into(), json!((received as f64 / deliveries_span).round()));
-    o.insert("rate_span_s".into(), json!({ "acks": acks_span, "deliveries": deliveries_span }));
+    o.insert(
+        "deliveries_per_s".into(),
+        json!((received as f64 / deliveries_span).round()),
+    );
+    o.insert(
+        "rate_span_s".into(),
+        json!({ "acks": acks_span, "deliveries": deliveries_span }),
+    );
     o.insert("latency".into(), Stats::latency_json(&stats.latency()));
-    o.insert("ack_latency".into(), Stats::latency_json(&stats.ack_latency.lock().expect("lock")));
+    o.insert(
+        "ack_latency".into(),
+        Stats::latency_json(&stats.ack_latency.lock().expect("lock")),
+    );
     o.insert("disconnects".into(), json!(stats.disconnects.load(Relaxed)));
-    o.insert("disconnect_reasons".into(), json!(*stats.disconnect_reasons.lock().expect("lock")));
+    o.insert(
+        "disconnect_reasons".into(),
+        json!(*stats.disconnect_reasons.lock().expect("lock")),
+    );
     o.insert("bad_frames".into(), json!(stats.bad_frames.load(Relaxed)));
     o.insert("other_events".into(), json!(stats.other_events.load(Relaxed)));
     o.insert(

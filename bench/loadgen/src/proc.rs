@@ -101,7 +101,10 @@ impl Usage {
 
 /// Raises the soft open-files limit to the hard one; returns the new soft limit.
 pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
@@ -110,5 +113,6 @@ pub fn raise_nofile() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    lim.rlim_cur as u64
+    // rlim_t is u64 on Linux, which is all this tool runs on.
+    lim.rlim_cur
 }

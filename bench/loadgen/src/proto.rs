@@ -54,7 +54,6 @@ impl Client {
             .map_err(|_| anyhow!("no ack for {event} within {wait:?}"))?
             .map_err(|_| anyhow!("connection closed before the ack of {event}"))
     }
-
 }
 
 pub struct Target {
@@ -81,7 +80,9 @@ pub async fn connect(target: &Target, src: IpAddr, token: &str, stats: Arc<Stats
     let mut config = WebSocketConfig::default();
     config.write_buffer_size = 0;
     config.read_buffer_size = 4096;
-    let (mut ws, _) = client_async_with(url, tcp, config).await.context("websocket handshake")?;
+    let (mut ws, _) = client_async_with(url, tcp, config)
+        .await
+        .context("websocket handshake")?;
 
     // Engine.IO open packet.
     let open = next_text(&mut ws).await?;
@@ -119,8 +120,7 @@ async fn client_async_with(
     url: String,
     tcp: tokio::net::TcpStream,
     config: WebSocketConfig,
-) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error>
-{
+) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error> {
     tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await
 }
 
