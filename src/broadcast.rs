@@ -4,11 +4,11 @@
 //!
 //! An event is encoded once, then handed to this node's sockets one by one,
 //! so that a socket whose bounded send buffer is full can be told apart and
-//! disconnected (its client recovers with `since`): nobody else waits for it. With many nodes the same
-//! event is also queued, in the same step, for the others: one task publishes
-//! the queue in order on the cluster's event channel, and every other node
-//! hands what it receives to its own broadcaster, which delivers it the same
-//! way. So every node sees this node's events in the order it did, and cuts
+//! disconnected (its client recovers with `since`): nobody else waits for it.
+//! With many nodes the same event is also queued, in the same step, for the
+//! others: one task publishes the queue in order on the cluster's event
+//! channel, and every other node hands what it receives to its own
+//! broadcaster, which delivers it the same way. So every node sees this node's events in the order it did, and cuts
 //! off its own slow consumers whichever node an event came from.
 
 use std::{sync::Arc, time::Duration};
@@ -247,7 +247,7 @@ impl Broadcaster {
         };
         let sockets = ns.to(room).except(except).sockets();
         // Encoded once for the whole room; each socket gets the same bytes.
-        let Some(packet) = sockets.first().and_then(|s| self.encode(s, event, payload)) else {
+        let Some(packet) = sockets.first().and_then(|s| encode(s, event, payload)) else {
             return 0;
         };
         let delivered = sockets
@@ -281,21 +281,7 @@ impl Broadcaster {
 
     /// Sends to one socket of this node; a full buffer disconnects it.
     pub fn send<A: Adapter, T: Serialize + ?Sized>(&self, socket: &SocketRef<A>, event: &str, payload: &T) -> bool {
-        self.encode(socket, event, payload)
-            .is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
-    }
-
-    /// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it.
-    fn encode<A: Adapter, T: Serialize + ?Sized>(
-        &self,
-        socket: &SocketRef<A>,
-        event: &str,
-        payload: &T,
-    ) -> Option<Value> {
-        socket
-            .encode_event(event, payload)
-            .inspect_err(|e| tracing::error!(error = %e, event, "could not encode event"))
-            .ok()
+        encode(socket, event, payload).is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
     }
 
     /// Whether a send went through; a full buffer disconnects the socket.
@@ -375,6 +361,14 @@ impl Broadcaster {
     pub async fn close(&self) {
         with_io!(self, io => io.close().await);
     }
+}
+
+/// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it.
+fn encode<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, payload: &T) -> Option<Value> {
+    socket
+        .encode_event(event, payload)
+        .inspect_err(|e| tracing::error!(error = %e, event, "could not encode event"))
+        .ok()
 }
 
 /// Publishes queued events one after another, so Redis receives them (and

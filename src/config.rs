@@ -98,9 +98,9 @@ pub struct Config {
     pub max_frame_bytes: usize,
 
     /// Packets queued for one socket before it counts as a slow consumer and is disconnected.
-    /// 4096 is ≈ 280 ms at 14,400 messages/s into one socket, well past a 50 ms
-    /// latency budget, so a client that keeps up is not cut off by a burst; a stuck
-    /// socket then holds at most 4096 × 168-byte slots (672 KiB) plus the payloads.
+    // 4096 is ≈ 280 ms at 14,400 messages/s into one socket, well past a 50 ms
+    // latency budget, so a client that keeps up is not cut off by a burst; a stuck
+    // socket then holds at most 4096 × 168-byte slots (672 KiB) plus the payloads.
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
