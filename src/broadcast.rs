@@ -8,8 +8,9 @@
 //! With many nodes the same event is also queued, in the same step, for the
 //! others: one task publishes the queue in order on the cluster's event
 //! channel, and every other node hands what it receives to its own
-//! broadcaster, which delivers it the same way. So every node sees this node's events in the order it did, and cuts
-//! off its own slow consumers whichever node an event came from.
+//! broadcaster, which delivers it the same way. So every node sees this
+//! node's events in the order it did, and cuts off its own slow consumers
+//! whichever node an event came from.
 
 use std::{sync::Arc, time::Duration};
 
