@@ -30,7 +30,9 @@
 //! let svc = EngineIoService::with_config(Arc::new(MyHandler), config);
 //! ```
 
-use std::{borrow::Cow, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use crate::queue::ByteBudget;
 
 use engineioxide_core::TransportType;
 
@@ -87,6 +89,10 @@ pub struct EngineIoConfig {
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
+
+    /// Bytes that may be queued per socket, and for all sockets together
+    /// (see [`ByteBudget`]). Defaults to no limit: only `max_buffer_size` applies.
+    pub byte_budget: Arc<ByteBudget>,
 }
 
 impl Default for EngineIoConfig {
@@ -102,6 +108,7 @@ impl Default for EngineIoConfig {
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
+            byte_budget: Arc::new(ByteBudget::unbounded()),
         }
     }
 }
@@ -200,6 +207,13 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// Bounds the bytes queued per socket and for all sockets together (see
+    /// [`ByteBudget::new`]); past them `Socket::reserve` answers `Full`.
+    pub fn max_buffer_bytes(mut self, per_socket: usize, total: usize) -> Self {
+        self.config.byte_budget = Arc::new(ByteBudget::new(per_socket, total));
         self
     }
 
