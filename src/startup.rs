@@ -127,6 +127,7 @@ impl Application {
                 endpoint.clone(),
                 credentials.clone(),
                 settings.pusher_auth_timeout,
+                settings.pusher_user_id_type,
             )?),
             _ => None,
         };
@@ -142,11 +143,16 @@ impl Application {
             typing_timeout: settings.typing_timeout,
             max_event_bytes: settings.max_event_bytes,
             shim,
+            identity_channel: settings.pusher_identity_channel.clone(),
         };
         let routes = |chat: &Arc<Chat>| {
             let mut router = http::router(chat.clone(), settings.max_frame_bytes);
             if let Some(credentials) = settings.pusher.clone() {
-                router = router.merge(pusher::http_api::router(chat.clone(), credentials));
+                router = router.merge(pusher::http_api::router(
+                    chat.clone(),
+                    credentials,
+                    settings.pusher_stored_events.clone(),
+                ));
             }
             router
         };

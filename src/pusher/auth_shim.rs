@@ -1,7 +1,8 @@
 //! The auth shim: admits a socket to a `private-`/`presence-` room by asking
 //! the app's legacy Pusher auth endpoint exactly as `pusher-js` would, then
 //! checking the returned signature. Nothing is cached: each join asks again,
-//! so a revoked user is refused at once.
+//! so a revoked user is refused at once. The same request, made at connect
+//! time for the identity channel, tells who a connection without a JWT is.
 
 use std::time::Duration;
 
@@ -10,7 +11,41 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::signing::Credentials;
-use crate::domain::{Member, RoomId, UserId};
+use crate::domain::{Identity, Member, Profile, RoomId, UserId};
+
+/// How user ids from `channel_data` are typed. Pusher's SDKs force them to
+/// strings while legacy apps compare them as numbers, so `auto` turns a
+/// canonical decimal string back into the number it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserIdType {
+    #[default]
+    Auto,
+    String,
+}
+
+/// Largest integer a JavaScript number holds exactly (2^53 - 1).
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+impl UserIdType {
+    /// `channel_data.user_id` as the room and the connection will show it.
+    pub fn user_id(self, raw: &Value) -> Option<UserId> {
+        let typed = match (self, raw) {
+            (Self::Auto, Value::String(s)) => canonical_decimal(s).map_or_else(|| raw.clone(), Value::from),
+            (Self::String, Value::Number(n)) => Value::String(n.to_string()),
+            _ => raw.clone(),
+        };
+        UserId::from_json(&typed)
+    }
+}
+
+/// `0`, or digits without a leading zero, no larger than 2^53 - 1.
+fn canonical_decimal(s: &str) -> Option<u64> {
+    let digits = !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse::<u64>().ok().filter(|n| *n <= MAX_SAFE_INTEGER)
+}
 
 /// The client's own credentials, forwarded to the auth endpoint as its
 /// browser would have sent them.
@@ -59,10 +94,16 @@ pub struct AuthShim {
     client: reqwest::Client,
     endpoint: String,
     credentials: Credentials,
+    user_id_type: UserIdType,
 }
 
 impl AuthShim {
-    pub fn new(endpoint: String, credentials: Credentials, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoint: String,
+        credentials: Credentials,
+        timeout: Duration,
+        user_id_type: UserIdType,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -72,11 +113,13 @@ impl AuthShim {
             client,
             endpoint,
             credentials,
+            user_id_type,
         })
     }
 
     /// Asks the endpoint about `socket_id` joining `room`. For presence rooms
-    /// returns the member the endpoint named in `channel_data`.
+    /// returns the member the endpoint named in `channel_data`. `jwt` stands in
+    /// for a missing Authorization header (empty: the connection has none).
     pub async fn authorize(
         &self,
         socket_id: &str,
@@ -84,9 +127,61 @@ impl AuthShim {
         forwarded: &Forwarded,
         jwt: &str,
     ) -> Result<Option<Member>, ShimError> {
+        let channel_data = self.ask(socket_id, room.as_str(), forwarded, jwt).await?;
+        if !room.as_str().starts_with("presence-") {
+            return Ok(None);
+        }
+        self.member(channel_data.as_deref()).map(Some)
+    }
+
+    /// Who the connection `socket_id` is, by the app's own session: the
+    /// endpoint is asked about the presence `channel` with the handshake's
+    /// credentials, and its signed `channel_data` names the user.
+    pub async fn identify(&self, socket_id: &str, channel: &str, forwarded: &Forwarded) -> Result<Identity, ShimError> {
+        let channel_data = self.ask(socket_id, channel, forwarded, "").await?;
+        let member = self.member(channel_data.as_deref())?;
+        let text = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| member.info.get(*k).and_then(Value::as_str))
+                // Stored beside every message; Postgres text cannot hold NUL.
+                .map(|s| s.replace('\0', ""))
+        };
+        Ok(Identity {
+            profile: Profile {
+                username: text(&["username"]),
+                full_name: text(&["fullName", "name"]),
+                avatar: text(&["avatar"]),
+            },
+            user: member.user,
+            token: "".into(),
+        })
+    }
+
+    fn member(&self, channel_data: Option<&str>) -> Result<Member, ShimError> {
+        let data: ChannelData = channel_data
+            .and_then(|d| serde_json::from_str(d).ok())
+            .ok_or(ShimError::BadChannelData)?;
+        let user = self
+            .user_id_type
+            .user_id(&data.user_id)
+            .ok_or(ShimError::BadChannelData)?;
+        Ok(Member {
+            user,
+            info: data.user_info.unwrap_or_default(),
+        })
+    }
+
+    /// One form post as `pusher-js` makes it; the verified `channel_data`.
+    async fn ask(
+        &self,
+        socket_id: &str,
+        channel: &str,
+        forwarded: &Forwarded,
+        jwt: &str,
+    ) -> Result<Option<String>, ShimError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("socket_id", socket_id)
-            .append_pair("channel_name", room.as_str())
+            .append_pair("channel_name", channel)
             .finish();
         let mut request = self
             .client
@@ -97,11 +192,14 @@ impl AuthShim {
         if let Some(cookie) = &forwarded.cookie {
             request = request.header(header::COOKIE, cookie);
         }
-        let authorization = forwarded
-            .authorization
-            .clone()
-            .unwrap_or_else(|| format!("Bearer {jwt}"));
-        request = request.header(header::AUTHORIZATION, authorization);
+        let authorization = match (&forwarded.authorization, jwt) {
+            (Some(given), _) => Some(given.clone()),
+            (None, "") => None,
+            (None, jwt) => Some(format!("Bearer {jwt}")),
+        };
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
 
         let response = request.send().await.map_err(|e| {
             let why = if e.is_timeout() {
@@ -119,23 +217,38 @@ impl AuthShim {
             return Err(ShimError::Denied(status));
         }
         let answer: AuthAnswer = response.json().await.map_err(|_| ShimError::BadSignature)?;
-        let channel_data = answer.channel_data.as_deref();
         if !self
             .credentials
-            .verify_channel_auth(&answer.auth, socket_id, room.as_str(), channel_data)
+            .verify_channel_auth(&answer.auth, socket_id, channel, answer.channel_data.as_deref())
         {
             return Err(ShimError::BadSignature);
         }
-        if !room.as_str().starts_with("presence-") {
-            return Ok(None);
+        Ok(answer.channel_data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_decimal_strings_become_numbers_in_auto() {
+        let id = |t: UserIdType, v: Value| t.user_id(&v).map(|u| u.json().clone());
+        let auto = UserIdType::Auto;
+        assert_eq!(id(auto, json!("5")), Some(json!(5)));
+        assert_eq!(id(auto, json!("0")), Some(json!(0)));
+        assert_eq!(
+            id(auto, json!("9007199254740991")),
+            Some(json!(9_007_199_254_740_991u64))
+        );
+        for stays in ["9007199254740992", "05", "00", "-5", "+5", "5 ", "1e3", "user-5", "5.0"] {
+            assert_eq!(id(auto, json!(stays)), Some(json!(stays)), "{stays}");
         }
-        let data: ChannelData = channel_data
-            .and_then(|d| serde_json::from_str(d).ok())
-            .ok_or(ShimError::BadChannelData)?;
-        let user = UserId::from_json(&data.user_id).ok_or(ShimError::BadChannelData)?;
-        Ok(Some(Member {
-            user,
-            info: data.user_info.unwrap_or_default(),
-        }))
+        assert_eq!(id(auto, json!(7)), Some(json!(7)), "numbers stay numbers");
+        assert_eq!(id(UserIdType::String, json!("5")), Some(json!("5")));
+        assert_eq!(id(UserIdType::String, json!(7)), Some(json!("7")));
+        assert_eq!(id(auto, json!("")), None);
+        assert_eq!(id(auto, json!(null)), None);
     }
 }
