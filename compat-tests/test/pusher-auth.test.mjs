@@ -607,3 +607,44 @@ describe('stored triggers from the legacy backend (real pusher SDK)', () => {
     assert.deepEqual(await typing, { userId: 5, isTyping: true })
   })
 })
+
+describe('cross-site: join-room with the auth answer the browser fetched itself', () => {
+  /** What pusher-js's authorizer does in the browser: POST the app's own route with its cookie. */
+  async function fetchAuth(cookie, socketId, channel) {
+    const r = await http(app.authUrl, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/x-www-form-urlencoded' },
+      raw: new URLSearchParams({ socket_id: socketId, channel_name: channel }).toString(),
+    })
+    return r
+  }
+
+  test('no PUSHER_AUTH_ENDPOINT: { roomId, auth, channel_data } from the real SDK admits, checked against this socket id', async () => {
+    const cross = await startServer({ env: pusherEnv() })
+    const alice = await asUser(5, { url: cross.url, cookie: null })
+    const carol = await asUser(12, { url: cross.url, cookie: null })
+    const { socketId } = await alice.session
+    const room = uniqueRoom('presence-cross')
+
+    const answer = await fetchAuth('uid=5', socketId, room)
+    assert.equal(answer.status, 200, answer.text)
+    const cSid = (await carol.session).socketId
+    const cAnswer = (await fetchAuth('uid=12', cSid, room)).body
+    assert.equal((await emitAck(carol, 'join-room', { roomId: room, ...cAnswer }, JOIN_MS)).ok, true)
+    const added = waitFor(carol, 'pusher:member_added', (e) => e.roomId === room)
+    const ack = await emitAck(alice, 'join-room', { roomId: room, ...answer.body }, JOIN_MS)
+    assert.equal(ack.ok, true, JSON.stringify(ack))
+    assert.deepEqual(byUserId(ack.members), byUserId([carolMember, aliceMember]))
+    assert.equal((await added).id, '5')
+
+    const dm = (await fetchAuth('uid=5', socketId, DM)).body
+    assert.equal((await emitAck(alice, 'join-room', { roomId: DM, ...dm }, JOIN_MS)).ok, true)
+    // replayed by another socket, or for another room: refused
+    assertError(await emitAck(carol, 'join-room', { roomId: DM, ...dm }, JOIN_MS), 'forbidden', 'another socket id')
+    assertError(await emitAck(alice, 'join-room', { roomId: 'private-chat-5-7', ...dm }, JOIN_MS), 'forbidden', 'another channel')
+    assertError(await joinAck(alice, 'private-chat-5-7'), 'forbidden', 'no auth, no endpoint')
+    assertError(await emitAck(alice, 'join-room', { roomId: DM, auth: 42 }), 'invalid_payload', 'auth not a string')
+    assert.equal(app.requests.length, 3, 'only the browser asked the app, never the server')
+    await cross.stop()
+  })
+})

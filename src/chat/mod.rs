@@ -20,7 +20,7 @@ use crate::{
     domain::{Draft, Identity, Member, RoomId, RoomKind, StoredMessage},
     error::ChatError,
     metrics::Metrics,
-    pusher::{AuthShim, Forwarded, auth_shim::ShimError},
+    pusher::{AuthShim, ChannelAuth, Forwarded, PresentedAuth, auth_shim::ShimError},
     ratelimit::RateLimit,
     store::{Appended, NewMessage, Page, PageQuery, Store},
 };
@@ -93,6 +93,8 @@ pub struct Chat {
     pub redis: Option<Redis>,
     presence: Arc<dyn Presence>,
     shim: Option<AuthShim>,
+    /// Checks auth endpoint answers a browser presents (with Pusher credentials).
+    signed: Option<ChannelAuth>,
     /// Presence channel that identifies connections without a token.
     identity_channel: Option<String>,
     typing: Arc<Typing>,
@@ -111,6 +113,7 @@ pub struct ChatParts {
     pub redis: Option<Redis>,
     pub presence: Arc<dyn Presence>,
     pub shim: Option<AuthShim>,
+    pub signed: Option<ChannelAuth>,
     pub identity_channel: Option<String>,
     pub broadcaster: Broadcaster,
     pub limiter: RateLimit,
@@ -128,6 +131,7 @@ impl Chat {
             redis: p.redis,
             presence: p.presence,
             shim: p.shim,
+            signed: p.signed,
             identity_channel: p.identity_channel,
             typing: Arc::new(p.typing),
             broadcaster: p.broadcaster,
@@ -228,6 +232,22 @@ impl Chat {
             }
             AuthError::Session(e.to_string())
         })
+    }
+
+    /// Admission as [`Chat::admit`], except that a `private-`/`presence-` room
+    /// with an auth answer the browser `presented` is decided by that answer.
+    pub async fn admit_presented(
+        &self,
+        who: Seeker<'_>,
+        room: &RoomId,
+        presented: Option<&PresentedAuth>,
+    ) -> Result<Member, ChatError> {
+        match (presented, room.kind()) {
+            (Some(p), RoomKind::Private | RoomKind::Presence) => {
+                access::admit_presented(self.signed.as_ref(), who, room, p)
+            }
+            _ => self.admit(who, room).await,
+        }
     }
 
     /// Occupancy of one room: distinct users and sockets.

@@ -3,6 +3,8 @@
 //! checking the returned signature. Nothing is cached: each join asks again,
 //! so a revoked user is refused at once. The same request, made at connect
 //! time for the identity channel, tells who a connection without a JWT is.
+//! Cross-site, the browser may fetch the answer itself and present it in
+//! `join-room`; [`ChannelAuth`] checks it the same way.
 
 use std::time::Duration;
 
@@ -90,20 +92,75 @@ struct ChannelData {
     user_info: Option<Map<String, Value>>,
 }
 
-pub struct AuthShim {
-    client: reqwest::Client,
-    endpoint: String,
+/// An auth endpoint's answer that the browser fetched itself (cross-site, where
+/// the server cannot send the app's cookies) and presented in `join-room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedAuth {
+    pub auth: String,
+    pub channel_data: Option<String>,
+}
+
+/// Checks a channel authorization as the app's auth endpoint signs it, for
+/// one socket id and channel, whoever brought it: the endpoint's own answer
+/// to the shim, or one the browser presented.
+#[derive(Clone)]
+pub struct ChannelAuth {
     credentials: Credentials,
     user_id_type: UserIdType,
 }
 
+impl ChannelAuth {
+    pub fn new(credentials: Credentials, user_id_type: UserIdType) -> Self {
+        Self {
+            credentials,
+            user_id_type,
+        }
+    }
+
+    /// Verifies `auth` for `socket_id` and `channel`; for a `presence-` channel
+    /// returns the member its `channel_data` names.
+    pub fn check(
+        &self,
+        socket_id: &str,
+        channel: &str,
+        auth: &str,
+        channel_data: Option<&str>,
+    ) -> Result<Option<Member>, ShimError> {
+        if !self
+            .credentials
+            .verify_channel_auth(auth, socket_id, channel, channel_data)
+        {
+            return Err(ShimError::BadSignature);
+        }
+        if !channel.starts_with("presence-") {
+            return Ok(None);
+        }
+        self.member(channel_data).map(Some)
+    }
+
+    fn member(&self, channel_data: Option<&str>) -> Result<Member, ShimError> {
+        let data: ChannelData = channel_data
+            .and_then(|d| serde_json::from_str(d).ok())
+            .ok_or(ShimError::BadChannelData)?;
+        let user = self
+            .user_id_type
+            .user_id(&data.user_id)
+            .ok_or(ShimError::BadChannelData)?;
+        Ok(Member {
+            user,
+            info: data.user_info.unwrap_or_default(),
+        })
+    }
+}
+
+pub struct AuthShim {
+    client: reqwest::Client,
+    endpoint: String,
+    signed: ChannelAuth,
+}
+
 impl AuthShim {
-    pub fn new(
-        endpoint: String,
-        credentials: Credentials,
-        timeout: Duration,
-        user_id_type: UserIdType,
-    ) -> anyhow::Result<Self> {
+    pub fn new(endpoint: String, signed: ChannelAuth, timeout: Duration) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -112,8 +169,7 @@ impl AuthShim {
         Ok(Self {
             client,
             endpoint,
-            credentials,
-            user_id_type,
+            signed,
         })
     }
 
@@ -127,19 +183,20 @@ impl AuthShim {
         forwarded: &Forwarded,
         jwt: &str,
     ) -> Result<Option<Member>, ShimError> {
-        let channel_data = self.ask(socket_id, room.as_str(), forwarded, jwt).await?;
-        if !room.as_str().starts_with("presence-") {
-            return Ok(None);
-        }
-        self.member(channel_data.as_deref()).map(Some)
+        let answer = self.ask(socket_id, room.as_str(), forwarded, jwt).await?;
+        self.signed
+            .check(socket_id, room.as_str(), &answer.auth, answer.channel_data.as_deref())
     }
 
     /// Who the connection `socket_id` is, by the app's own session: the
     /// endpoint is asked about the presence `channel` with the handshake's
     /// credentials, and its signed `channel_data` names the user.
     pub async fn identify(&self, socket_id: &str, channel: &str, forwarded: &Forwarded) -> Result<Identity, ShimError> {
-        let channel_data = self.ask(socket_id, channel, forwarded, "").await?;
-        let member = self.member(channel_data.as_deref())?;
+        let answer = self.ask(socket_id, channel, forwarded, "").await?;
+        let member = self
+            .signed
+            .check(socket_id, channel, &answer.auth, answer.channel_data.as_deref())?
+            .ok_or(ShimError::BadChannelData)?;
         let text = |keys: &[&str]| {
             keys.iter()
                 .find_map(|k| member.info.get(*k).and_then(Value::as_str))
@@ -157,28 +214,14 @@ impl AuthShim {
         })
     }
 
-    fn member(&self, channel_data: Option<&str>) -> Result<Member, ShimError> {
-        let data: ChannelData = channel_data
-            .and_then(|d| serde_json::from_str(d).ok())
-            .ok_or(ShimError::BadChannelData)?;
-        let user = self
-            .user_id_type
-            .user_id(&data.user_id)
-            .ok_or(ShimError::BadChannelData)?;
-        Ok(Member {
-            user,
-            info: data.user_info.unwrap_or_default(),
-        })
-    }
-
-    /// One form post as `pusher-js` makes it; the verified `channel_data`.
+    /// One form post as `pusher-js` makes it; the answer, not yet verified.
     async fn ask(
         &self,
         socket_id: &str,
         channel: &str,
         forwarded: &Forwarded,
         jwt: &str,
-    ) -> Result<Option<String>, ShimError> {
+    ) -> Result<AuthAnswer, ShimError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("socket_id", socket_id)
             .append_pair("channel_name", channel)
@@ -216,14 +259,7 @@ impl AuthShim {
         if !status.is_success() {
             return Err(ShimError::Denied(status));
         }
-        let answer: AuthAnswer = response.json().await.map_err(|_| ShimError::BadSignature)?;
-        if !self
-            .credentials
-            .verify_channel_auth(&answer.auth, socket_id, channel, answer.channel_data.as_deref())
-        {
-            return Err(ShimError::BadSignature);
-        }
-        Ok(answer.channel_data)
+        response.json().await.map_err(|_| ShimError::BadSignature)
     }
 }
 
@@ -250,5 +286,42 @@ mod tests {
         assert_eq!(id(UserIdType::String, json!(7)), Some(json!("7")));
         assert_eq!(id(auto, json!("")), None);
         assert_eq!(id(auto, json!(null)), None);
+    }
+
+    #[test]
+    fn a_presented_answer_is_checked_for_this_socket_and_channel() {
+        let creds = Credentials::new("1", "key", "secret");
+        let signed = ChannelAuth::new(creds.clone(), UserIdType::Auto);
+        let data = r#"{"user_id":"5","user_info":{"username":"alice"}}"#;
+        let auth = creds.channel_auth("1.2", "presence-online", Some(data));
+        let member = signed
+            .check("1.2", "presence-online", &auth, Some(data))
+            .expect("valid")
+            .expect("a presence member");
+        assert_eq!(member.user.json(), &json!(5));
+        assert_eq!(member.info.get("username"), Some(&json!("alice")));
+        assert!(matches!(
+            signed.check("1.3", "presence-online", &auth, Some(data)),
+            Err(ShimError::BadSignature)
+        ));
+        assert!(matches!(
+            signed.check("1.2", "presence-other", &auth, Some(data)),
+            Err(ShimError::BadSignature)
+        ));
+        let forged = data.replace("\"5\"", "\"1\"");
+        assert!(matches!(
+            signed.check("1.2", "presence-online", &auth, Some(&forged)),
+            Err(ShimError::BadSignature)
+        ));
+        let private = creds.channel_auth("1.2", "private-chat-5-12", None);
+        assert!(matches!(
+            signed.check("1.2", "private-chat-5-12", &private, None),
+            Ok(None)
+        ));
+        let bare = creds.channel_auth("1.2", "presence-online", None);
+        assert!(matches!(
+            signed.check("1.2", "presence-online", &bare, None),
+            Err(ShimError::BadChannelData)
+        ));
     }
 }

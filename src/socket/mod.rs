@@ -133,7 +133,9 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         let req = JoinRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
         if !in_room(&s, &conn, &room) {
-            let member = chat.admit(conn.seeker(), &room).await?;
+            let member = chat
+                .admit_presented(conn.seeker(), &room, req.presented.as_ref())
+                .await?;
             s.join(room.to_string());
             conn.insert(room.clone(), member.clone());
             if let Err(e) = chat.entered(&conn, &room, &member).await {

@@ -610,3 +610,75 @@ async fn stored_events_can_be_turned_off() {
         .await;
     assert_eq!(history["history"], json!([]));
 }
+
+#[tokio::test]
+async fn a_browser_may_present_the_auth_endpoints_answer_itself() {
+    // Cross-site: no auth endpoint configured, only the app's Pusher credentials.
+    let app = spawn(None).await;
+    let creds = Credentials::new(APP_ID, KEY, SECRET);
+    let mut alice = Ws::connected(&app, &user(json!(5))).await;
+    let socket_id = alice.event("session").await["socketId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let data = json!({ "user_id": "5", "user_info": { "username": "alice" } }).to_string();
+    let auth = creds.channel_auth(&socket_id, "presence-online", Some(&data));
+    let joined = alice
+        .emit(
+            "join-room",
+            json!({ "roomId": "presence-online", "auth": auth, "channel_data": data }),
+        )
+        .await;
+    assert_eq!(
+        joined["members"],
+        json!([{ "userId": 5, "username": "alice" }]),
+        "{joined}"
+    );
+    assert_eq!(joined["presence"]["ids"], json!(["5"]));
+
+    let private = creds.channel_auth(&socket_id, "private-chat-5-12", None);
+    let ok = alice
+        .emit("join-room", json!({ "roomId": "private-chat-5-12", "auth": private }))
+        .await;
+    assert_eq!(ok["ok"], json!(true), "{ok}");
+
+    // Signed for another socket, channel or secret: refused.
+    let mut bob = Ws::connected(&app, &user(json!(7))).await;
+    let stolen = bob
+        .emit("join-room", json!({ "roomId": "private-chat-5-12", "auth": private }))
+        .await;
+    assert_eq!(stolen["error"]["code"], json!("forbidden"), "another socket's auth");
+    let other_room = creds.channel_auth(&socket_id, "private-chat-5-7", None);
+    let wrong = alice
+        .emit(
+            "join-room",
+            json!({ "roomId": "private-chat-5-12x", "auth": other_room }),
+        )
+        .await;
+    assert_eq!(wrong["error"]["code"], json!("forbidden"));
+    let forged = Credentials::new(APP_ID, KEY, "other").channel_auth(&socket_id, "private-x", None);
+    let wrong = alice
+        .emit("join-room", json!({ "roomId": "private-x", "auth": forged }))
+        .await;
+    assert_eq!(wrong["error"]["code"], json!("forbidden"));
+    let bad = alice
+        .emit("join-room", json!({ "roomId": "private-x", "auth": 5 }))
+        .await;
+    assert_eq!(bad["error"]["code"], json!("invalid_payload"));
+    // Without an auth, private rooms still need the endpoint.
+    let without = alice.emit("join-room", json!("private-y")).await;
+    assert_eq!(without["error"]["code"], json!("forbidden"));
+
+    // No Pusher credentials at all: nothing to check an auth with.
+    let plain = crate::helpers::spawn_app().await;
+    let mut carol = Ws::connected(&plain, &user(json!(12))).await;
+    let sid = carol.event("session").await["socketId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let auth = creds.channel_auth(&sid, "private-chat-5-12", None);
+    let refused = carol
+        .emit("join-room", json!({ "roomId": "private-chat-5-12", "auth": auth }))
+        .await;
+    assert_eq!(refused["error"]["code"], json!("forbidden"));
+}
