@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::error::ChatError;
+use crate::{error::ChatError, pusher::PresentedAuth};
 
 fn invalid(msg: &str) -> ChatError {
     ChatError::InvalidPayload(msg.to_owned())
@@ -34,10 +34,12 @@ impl RoomRequest {
     }
 }
 
-/// `join-room`: `{ roomId, since? }` or a bare room id.
+/// `join-room`: `{ roomId, since?, auth?, channel_data? }` or a bare room id.
 pub struct JoinRequest {
     pub room: String,
     pub since: Option<i64>,
+    /// An auth endpoint answer the browser fetched itself (cross-site).
+    pub presented: Option<PresentedAuth>,
 }
 
 impl JoinRequest {
@@ -52,9 +54,25 @@ impl JoinRequest {
         if since.is_some_and(|s| s < 0) {
             return Err(invalid("since must be a message id"));
         }
+        let text = |field: &str, msg: &str| match data.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(invalid(msg)),
+        };
+        let auth = text("auth", "auth must be the auth endpoint's auth string")?;
+        let channel_data = text(
+            "channel_data",
+            "channel_data must be the auth endpoint's channel_data string",
+        )?;
+        let presented = match (auth, channel_data) {
+            (Some(auth), channel_data) => Some(PresentedAuth { auth, channel_data }),
+            (None, Some(_)) => return Err(invalid("channel_data comes with auth")),
+            (None, None) => None,
+        };
         Ok(Self {
             room: room_field(data)?,
             since,
+            presented,
         })
     }
 }
