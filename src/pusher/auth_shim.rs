@@ -366,3 +366,60 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::arb;
+
+    fn signed() -> (Credentials, ChannelAuth) {
+        let creds = Credentials::new("1", "key", "secret");
+        (creds.clone(), ChannelAuth::new(creds, UserIdType::Auto))
+    }
+
+    proptest! {
+        /// Any body an endpoint could send is refused or accepted, never a
+        /// panic, and a refusal is a refusal (`forbidden`), not a failure.
+        #[test]
+        fn any_answer_is_checked_without_panicking(
+            body in prop::collection::vec(any::<u8>(), 0..128),
+            json in arb::json(),
+            channel in "(private|presence)-[a-z0-9-]{1,10}",
+        ) {
+            let (_, signed) = signed();
+            for body in [body, json.to_string().into_bytes()] {
+                match parse_answer(&signed, &body, "1.2", &channel) {
+                    Ok(_) => prop_assert!(false, "an unsigned answer was accepted"),
+                    Err(e) => prop_assert!(!matches!(e, ShimError::Failed(_)), "{e:?}"),
+                }
+            }
+        }
+
+        /// A correctly signed answer is accepted for its socket and channel
+        /// only, whatever its channel_data says.
+        #[test]
+        fn signed_answers_hold_for_their_socket_and_channel_only(
+            data in arb::json(),
+            user in "[0-9]{1,6}|[a-z]{1,8}",
+            presence in any::<bool>(),
+        ) {
+            let (creds, signed) = signed();
+            let channel = if presence { "presence-online" } else { "private-chat-5-12" };
+            let channel_data = presence
+                .then(|| serde_json::json!({ "user_id": user, "user_info": data }).to_string());
+            let auth = creds.channel_auth("1.2", channel, channel_data.as_deref());
+            let body = serde_json::json!({ "auth": auth, "channel_data": channel_data }).to_string();
+            let member = parse_answer(&signed, body.as_bytes(), "1.2", channel);
+            if presence && !(data.is_object() || data.is_null()) {
+                // user_info must be an object: the member would have no profile.
+                prop_assert!(matches!(member, Err(ShimError::BadChannelData)), "{member:?}");
+            } else {
+                prop_assert!(member.is_ok(), "{member:?}");
+                prop_assert_eq!(member.ok().flatten().is_some(), presence);
+            }
+            prop_assert!(parse_answer(&signed, body.as_bytes(), "1.3", channel).is_err());
+        }
+    }
+}

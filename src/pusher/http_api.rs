@@ -670,3 +670,73 @@ mod tests {
         assert!(other.message.is_none(), "other names are only relayed");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials::new("3", "key", "secret")
+    }
+
+    /// A query string signed like the official SDKs sign it.
+    fn signed_query(method: &str, path: &str, body: &[u8], ts: i64, extra: &[(String, String)]) -> String {
+        let mut params: Vec<(String, String)> = vec![
+            ("auth_key".into(), "key".into()),
+            ("auth_timestamp".into(), ts.to_string()),
+            ("auth_version".into(), "1.0".into()),
+        ];
+        if !body.is_empty() {
+            params.push(("body_md5".into(), body_md5(body)));
+        }
+        params.extend(extra.iter().cloned());
+        let signature = creds().sign(&string_to_sign(method, path, &params));
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        query.append_pair("auth_signature", &signature);
+        query.finish()
+    }
+
+    proptest! {
+        /// Whatever arrives, the verifier answers, and only with 401.
+        #[test]
+        fn any_request_is_verified_or_refused_with_401(
+            query in "\\PC{0,200}|(auth_[a-z_]{1,10}=[^&]{0,30}&?){0,6}",
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            now in any::<i64>(),
+            path in "/apps/[0-9]{1,3}/[a-z_/]{0,20}",
+        ) {
+            if let Err(e) = verify(&creds(), &Method::POST, &path, Some(&query), &body, now) {
+                prop_assert_eq!(e.into_response().status(), StatusCode::UNAUTHORIZED);
+            }
+        }
+
+        /// A request the SDKs would sign passes; the same with its body changed does not.
+        #[test]
+        fn signed_requests_pass_and_tampered_ones_do_not(
+            body in prop::collection::vec(any::<u8>(), 1..64),
+            skew in -600i64..=600,
+            name in "[a-z]{1,8}",
+            value in "\\PC{0,16}",
+        ) {
+            let now = 1_700_000_000;
+            let path = "/apps/3/events";
+            let query = signed_query("POST", path, &body, now + skew, &[(name, value)]);
+            prop_assert!(verify(&creds(), &Method::POST, path, Some(&query), &body, now).is_ok());
+            let mut tampered = body.clone();
+            tampered[0] ^= 1;
+            prop_assert!(verify(&creds(), &Method::POST, path, Some(&query), &tampered, now).is_err());
+        }
+
+        /// Outside the window, whatever the numbers (no overflow lets one through).
+        #[test]
+        fn timestamps_outside_the_window_are_refused(now in any::<i64>(), ts in any::<i64>()) {
+            prop_assume!(now.abs_diff(ts) > 600);
+            let path = "/apps/3/channels";
+            let query = signed_query("GET", path, b"", ts, &[]);
+            prop_assert!(verify(&creds(), &Method::GET, path, Some(&query), b"", now).is_err());
+        }
+    }
+}

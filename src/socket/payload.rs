@@ -149,3 +149,38 @@ mod tests {
         assert_eq!(json_size(&v), serde_json::to_string(&v).map(|s| s.len()).unwrap_or(0));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{Draft, arb};
+
+    /// The codes a payload may be refused with: the contract's, never internal.
+    fn refused_as_the_contract_says(e: &ChatError) -> bool {
+        matches!(e.code(), "invalid_payload" | "too_large")
+    }
+
+    proptest! {
+        #[test]
+        fn event_payloads_parse_or_are_refused_in_the_contracts_shape(data in arb::json()) {
+            if let Err(e) = JoinRequest::parse(&data) {
+                prop_assert!(refused_as_the_contract_says(&e), "{e:?}");
+            }
+            if let Err(e) = RoomRequest::parse(&data) {
+                prop_assert!(refused_as_the_contract_says(&e), "{e:?}");
+            }
+            if let Err(e) = TypingRequest::parse(&data) {
+                prop_assert!(refused_as_the_contract_says(&e), "{e:?}");
+            }
+            if let Err(e) = Draft::parse(&data, None) {
+                prop_assert!(refused_as_the_contract_says(&ChatError::from(e)));
+            }
+            if let Err(e) = Draft::parse(&data, Some("lobby")) {
+                prop_assert!(refused_as_the_contract_says(&ChatError::from(e)));
+            }
+            let _ = json_size(&data);
+        }
+    }
+}
