@@ -11,6 +11,10 @@
 //! broadcaster, which delivers it the same way. So every node sees this
 //! node's events in the order it did, and cuts off its own slow consumers
 //! whichever node an event came from.
+//!
+//! Connections of other protocols (Pusher WebSocket) register in
+//! [`Subscribers`] and get every room event here too, local or from another
+//! node, with the same exclusions; Socket.IO's own fanout is untouched.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +32,12 @@ use socketioxide_core::Value;
 use socketioxide_redis::drivers::Driver;
 use tokio::sync::mpsc;
 
-use crate::{cluster::PubSub, domain::RoomId, metrics::Metrics};
+use crate::{
+    cluster::PubSub,
+    domain::RoomId,
+    metrics::Metrics,
+    subscribers::{RoomEvent, Subscribers},
+};
 
 /// The Socket.IO adapter that carries broadcasts between nodes.
 pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<Emitter, crate::cluster::PubSub>;
@@ -100,6 +109,23 @@ struct Envelope {
     except: Vec<String>,
     event: String,
     payload: Box<RawValue>,
+    /// The user a client event came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from_user: Option<String>,
+    /// Set for a membership operation instead of an event: Socket.IO sockets
+    /// get those through their adapter, the other subscribers through this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    op: Option<Op>,
+}
+
+/// A membership operation on the other protocols' connections of every node.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    /// Take the user's connections out of the envelope's room.
+    Evict { user: String },
+    /// Close every connection of the user.
+    Terminate { user: String },
 }
 
 /// The pub/sub channel events cross between nodes on.
@@ -138,6 +164,8 @@ pub struct Broadcaster {
     metrics: Arc<Metrics>,
     /// Slow consumers being disconnected: each is counted and logged once.
     cutting_off: Arc<DashSet<Sid>>,
+    /// Connections of other protocols, fed by the same emits.
+    subscribers: Arc<Subscribers>,
 }
 
 /// How often a slow consumer's disconnect is tried again while its buffer is
@@ -152,6 +180,7 @@ impl Broadcaster {
             io: Io::Single(io),
             metrics,
             cutting_off: Arc::default(),
+            subscribers: Arc::default(),
         }
     }
 
@@ -176,6 +205,7 @@ impl Broadcaster {
             },
             metrics: metrics.clone(),
             cutting_off: Arc::default(),
+            subscribers: Arc::default(),
         };
         tokio::spawn(publish(pubsub, channel, queue, metrics));
         tokio::spawn(broadcaster.clone().receive(inbound));
@@ -187,9 +217,26 @@ impl Broadcaster {
         vec![user_room(user_key), socket_room(socket_id)]
     }
 
+    /// This node's connections of other protocols.
+    pub fn subscribers(&self) -> &Subscribers {
+        &self.subscribers
+    }
+
     /// Sends `event` to the audience on every node; returns how many of this
-    /// node's sockets got it.
+    /// node's connections got it.
     pub async fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
+        self.emit_from(audience, event, payload, None).await
+    }
+
+    /// [`Broadcaster::emit`] for a client event: `from_user` is the user who
+    /// sent it (Pusher shows it on presence channels).
+    pub async fn emit_from<T: Serialize + ?Sized>(
+        &self,
+        audience: Audience<'_>,
+        event: &str,
+        payload: &T,
+        from_user: Option<&str>,
+    ) -> usize {
         // JSON once: the other nodes get these bytes as they are, and each node
         // wraps them into one Socket.IO packet for all of its sockets.
         let payload = match serde_json::value::to_raw_value(payload) {
@@ -202,7 +249,7 @@ impl Broadcaster {
         let room = audience.room.to_string();
         let except = audience.except_rooms();
         match &self.io {
-            Io::Single(io) => self.deliver_here(io, room, except, event, &payload),
+            Io::Single(io) => self.deliver_here(io, room, except, event, &payload, from_user),
             Io::Cluster {
                 io,
                 node,
@@ -216,13 +263,15 @@ impl Broadcaster {
                 let turn = order[audience.room.shard(ORDER_STRIPES)]
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload);
+                let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload, from_user);
                 let queued = outbound.try_send(Envelope {
                     node: node.clone(),
                     room,
                     except,
                     event: event.to_owned(),
                     payload,
+                    from_user: from_user.map(str::to_owned),
+                    op: None,
                 });
                 drop(turn);
                 if queued.is_err() {
@@ -234,8 +283,26 @@ impl Broadcaster {
         }
     }
 
-    /// Delivers to this node's sockets in `room` but not in any of `except`.
+    /// Delivers to this node's connections in `room` but not in any of `except`.
     fn deliver_here<A: Adapter>(
+        &self,
+        io: &SocketIo<A>,
+        room: String,
+        except: Vec<String>,
+        event: &str,
+        payload: &RawValue,
+        from_user: Option<&str>,
+    ) -> usize {
+        let others = self
+            .subscribers
+            .deliver(&RoomEvent::new(&room, event, payload, from_user), &except);
+        let delivered = others + self.deliver_to_sockets(io, room, except, event, payload);
+        self.metrics.messages_out.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// The Socket.IO part of [`Broadcaster::deliver_here`].
+    fn deliver_to_sockets<A: Adapter>(
         &self,
         io: &SocketIo<A>,
         room: String,
@@ -251,12 +318,10 @@ impl Broadcaster {
         let Some(packet) = sockets.first().and_then(|s| encode(s, event, payload)) else {
             return 0;
         };
-        let delivered = sockets
+        sockets
             .iter()
             .filter(|s| self.sent(s, s.send_encoded(packet.clone())))
-            .count();
-        self.metrics.messages_out.inc_by(delivered as u64);
-        delivered
+            .count()
     }
 
     /// Delivers the other nodes' events here, in the order they were published.
@@ -276,7 +341,20 @@ impl Broadcaster {
             if envelope.node == *node {
                 continue;
             }
-            self.deliver_here(io, envelope.room, envelope.except, &envelope.event, &envelope.payload);
+            match &envelope.op {
+                Some(Op::Evict { user }) => self.subscribers.evict_user(&envelope.room, user),
+                Some(Op::Terminate { user }) => self.subscribers.terminate_user(user),
+                None => {
+                    self.deliver_here(
+                        io,
+                        envelope.room,
+                        envelope.except,
+                        &envelope.event,
+                        &envelope.payload,
+                        envelope.from_user.as_deref(),
+                    );
+                }
+            }
         }
     }
 
@@ -336,8 +414,35 @@ impl Broadcaster {
         });
     }
 
+    /// Queues a membership operation for the other nodes' subscribers.
+    fn relay(&self, room: &str, op: Op) {
+        let Io::Cluster { node, outbound, .. } = &self.io else {
+            return;
+        };
+        let envelope = Envelope {
+            node: node.clone(),
+            room: room.to_owned(),
+            except: Vec::new(),
+            event: String::new(),
+            payload: RawValue::NULL.to_owned(),
+            from_user: None,
+            op: Some(op),
+        };
+        if outbound.try_send(envelope).is_err() {
+            self.metrics.adapter_errors.inc();
+            tracing::error!(room, "queue to the other nodes is full: membership change not sent to them");
+        }
+    }
+
     /// Disconnects every socket of a user, on every node (Pusher `terminate_connections`).
     pub async fn disconnect_user(&self, user_key: &str) {
+        self.subscribers.terminate_user(user_key);
+        self.relay(
+            "",
+            Op::Terminate {
+                user: user_key.to_owned(),
+            },
+        );
         let result = with_io!(self, io => match io.of("/") {
             Some(ns) => ns.to(user_room(user_key)).disconnect().await,
             None => Ok(()),
@@ -349,6 +454,13 @@ impl Broadcaster {
 
     /// Takes every socket of a user out of `room`, on every node.
     pub async fn leave_room(&self, user_key: &str, room: &RoomId) {
+        self.subscribers.evict_user(room.as_str(), user_key);
+        self.relay(
+            room.as_str(),
+            Op::Evict {
+                user: user_key.to_owned(),
+            },
+        );
         let result: Result<(), String> = with_io!(self, io => match io.of("/") {
             Some(ns) => ns.to(user_room(user_key)).leave(room.to_string()).await.map_err(|e| e.to_string()),
             None => Ok(()),
@@ -362,6 +474,7 @@ impl Broadcaster {
     /// Disconnects every socket of this node, so their clients reconnect and
     /// register again (after the cluster forgot this node).
     pub async fn disconnect_here(&self) {
+        self.subscribers.terminate_all();
         let result = with_io!(self, io => match io.of("/") {
             Some(ns) => ns.local().disconnect().await,
             None => Ok(()),
@@ -373,6 +486,7 @@ impl Broadcaster {
 
     /// Closes every transport (shutdown).
     pub async fn close(&self) {
+        self.subscribers.terminate_all();
         with_io!(self, io => io.close().await);
     }
 }

@@ -54,4 +54,5 @@ pub mod ratelimit;
 pub mod socket;
 pub mod startup;
 pub mod store;
+pub mod subscribers;
 pub mod telemetry;
