@@ -430,7 +430,10 @@ impl Broadcaster {
         };
         if outbound.try_send(envelope).is_err() {
             self.metrics.adapter_errors.inc();
-            tracing::error!(room, "queue to the other nodes is full: membership change not sent to them");
+            tracing::error!(
+                room,
+                "queue to the other nodes is full: membership change not sent to them"
+            );
         }
     }
 

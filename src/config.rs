@@ -141,6 +141,15 @@ pub struct Config {
     /// How long shutdown waits for writes in flight.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    /// Pusher WebSocket (`/app/{key}`): the `activity_timeout` told to clients; a client silent
+    /// this long is sent `pusher:ping`.
+    #[arg(long, env = "PUSHER_ACTIVITY_TIMEOUT_SECS", default_value_t = 120)]
+    pub pusher_activity_timeout_secs: u64,
+
+    /// Pusher WebSocket: how long a pinged client has to answer before it is closed (4201).
+    #[arg(long, env = "PUSHER_PONG_TIMEOUT_SECS", default_value_t = 30)]
+    pub pusher_pong_timeout_secs: u64,
 }
 
 /// Which origins may open a Socket.IO connection.
@@ -196,6 +205,8 @@ pub struct Settings {
     pub pusher_auth_max_body_bytes: usize,
     pub typing_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Pusher WebSocket keep-alive.
+    pub pusher_ws_timing: crate::pusher::ws::Timing,
 }
 
 impl Config {
@@ -309,6 +320,10 @@ impl Config {
             pusher_auth_max_body_bytes: self.pusher_auth_max_body_bytes.max(1024),
             typing_timeout: Duration::from_millis(self.typing_timeout_ms),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            pusher_ws_timing: crate::pusher::ws::Timing {
+                activity_timeout: Duration::from_secs(self.pusher_activity_timeout_secs.max(1)),
+                pong_timeout: Duration::from_secs(self.pusher_pong_timeout_secs.max(1)),
+            },
         })
     }
 }

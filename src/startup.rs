@@ -154,6 +154,12 @@ impl Application {
         let routes = |chat: &Arc<Chat>| {
             let mut router = http::router(chat.clone(), settings.max_frame_bytes);
             if let Some(credentials) = settings.pusher.clone() {
+                router = router.merge(pusher::ws::router(
+                    chat.clone(),
+                    credentials.key.clone(),
+                    settings.pusher_ws_timing,
+                    settings.max_frame_bytes,
+                ));
                 router = router.merge(pusher::http_api::router(
                     chat.clone(),
                     credentials,

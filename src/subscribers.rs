@@ -56,8 +56,17 @@ pub trait Subscriber: Send + Sync + 'static {
     /// The connection was taken out of `room` by the server (e.g. removed from
     /// a group): presence already knows, it must just forget the room.
     fn evict(&self, room: &str);
-    /// Closes the connection (terminate_connections, shutdown, node forgotten).
-    fn terminate(&self);
+    /// Closes the connection.
+    fn terminate(&self, why: Farewell);
+}
+
+/// Why the server closes a connection, for the client to decide whether to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Farewell {
+    /// The server is going away or lost track of it: reconnect.
+    Reconnect,
+    /// The app terminated the user's connections.
+    Terminated,
 }
 
 struct Entry {
@@ -154,7 +163,7 @@ impl Subscribers {
             }
         }
         for sink in sinks {
-            sink.terminate();
+            sink.terminate(Farewell::Terminated);
         }
     }
 
@@ -162,7 +171,7 @@ impl Subscribers {
     pub fn terminate_all(&self) {
         let sinks: Vec<_> = self.conns.iter().map(|e| e.value().clone()).collect();
         for sink in sinks {
-            sink.terminate();
+            sink.terminate(Farewell::Reconnect);
         }
     }
 
@@ -197,7 +206,7 @@ mod tests {
         fn evict(&self, room: &str) {
             self.evicted.lock().expect("lock").push(room.to_owned());
         }
-        fn terminate(&self) {
+        fn terminate(&self, _: Farewell) {
             *self.terminated.lock().expect("lock") = true;
         }
     }
@@ -209,7 +218,11 @@ mod tests {
     #[test]
     fn delivers_with_the_same_exclusions_as_sockets() {
         let subs = Subscribers::default();
-        let (a, b, c) = (Arc::new(Probe::default()), Arc::new(Probe::default()), Arc::new(Probe::default()));
+        let (a, b, c) = (
+            Arc::new(Probe::default()),
+            Arc::new(Probe::default()),
+            Arc::new(Probe::default()),
+        );
         subs.join("r", "1.1", "5", a.clone());
         subs.join("r", "2.2", "5", b.clone());
         subs.join("r", "3.3", "7", c.clone());

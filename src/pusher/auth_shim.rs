@@ -153,6 +153,26 @@ impl ChannelAuth {
     }
 }
 
+/// The identity a presence member stands for: its user, with the profile read
+/// from `user_info` (`username`, `fullName` or `name`, `avatar`).
+pub fn identity_of(member: Member) -> Identity {
+    let text = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| member.info.get(*k).and_then(Value::as_str))
+            // Stored beside every message; Postgres text cannot hold NUL.
+            .map(|s| s.replace('\0', ""))
+    };
+    Identity {
+        profile: Profile {
+            username: text(&["username"]),
+            full_name: text(&["fullName", "name"]),
+            avatar: text(&["avatar"]),
+        },
+        user: member.user,
+        token: "".into(),
+    }
+}
+
 pub struct AuthShim {
     client: reqwest::Client,
     endpoint: String,
@@ -200,21 +220,7 @@ impl AuthShim {
     pub async fn identify(&self, socket_id: &str, channel: &str, forwarded: &Forwarded) -> Result<Identity, ShimError> {
         let body = self.ask(socket_id, channel, forwarded, "").await?;
         let member = parse_answer(&self.signed, &body, socket_id, channel)?.ok_or(ShimError::BadChannelData)?;
-        let text = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| member.info.get(*k).and_then(Value::as_str))
-                // Stored beside every message; Postgres text cannot hold NUL.
-                .map(|s| s.replace('\0', ""))
-        };
-        Ok(Identity {
-            profile: Profile {
-                username: text(&["username"]),
-                full_name: text(&["fullName", "name"]),
-                avatar: text(&["avatar"]),
-            },
-            user: member.user,
-            token: "".into(),
-        })
+        Ok(identity_of(member))
     }
 
     /// One form post as `pusher-js` makes it; the answer's body, not yet read

@@ -5,6 +5,7 @@
 pub mod auth_shim;
 pub mod http_api;
 pub mod signing;
+pub mod ws;
 
 pub use auth_shim::{AuthShim, ChannelAuth, Forwarded, PresentedAuth, UserIdType};
 pub use signing::Credentials;
