@@ -469,6 +469,7 @@ impl Session {
                 let (kind, status) = match &e {
                     ChatError::Forbidden(_) | ChatError::Unauthorized(_) => ("AuthError", 401),
                     ChatError::Internal(_) => ("InternalError", 500),
+                    ChatError::RateLimited => ("LimitReached", 429),
                     _ => ("InvalidChannel", 400),
                 };
                 text(&json!({
@@ -500,6 +501,8 @@ impl Session {
             _ => None,
         };
         let asking = self.conn(None);
+        // Subscriptions count against the user's rate like any client event.
+        self.chat.gate(&asking.identity, 0).await?;
         let member = {
             let who = Seeker {
                 identity: &asking.identity,

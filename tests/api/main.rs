@@ -7,6 +7,7 @@ mod hardening;
 mod helpers;
 mod presence;
 mod pusher;
+mod pusher_ws;
 mod rest;
 mod socket;
 mod typing;
