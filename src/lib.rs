@@ -13,9 +13,11 @@
 //! - [`socket`]: the Socket.IO transport — handshake, one handler per client event, acks.
 //! - [`http`]: health, readiness, metrics and the REST message routes.
 //! - [`chat`]: the chat domain — access rules, presence, typing, sending.
-//! - [`broadcast`]: the one place every event to a room passes through.
+//! - [`broadcast`]: the one place every event to a room passes through; [`subscribers`] is
+//!   where connections of other protocols (Pusher WebSocket) register to receive them.
 //! - [`pusher`]: Pusher compatibility — signatures, the auth shim for `private-`/`presence-`
-//!   rooms, and the Pusher HTTP API (plus signed group membership routes).
+//!   rooms, the Pusher HTTP API (plus signed group membership routes), and Pusher's
+//!   WebSocket protocol at `/app/{key}` for unmodified pusher-js.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite embedded, Postgres in production).
 //! - [`cluster`]: many nodes sharing one Redis — presence, typing, rate limits, heartbeats.
 //! - [`error`]: the boundary error and its single mapping to the contract's codes.
