@@ -11,6 +11,11 @@
 //! broadcaster, which delivers it the same way. So every node sees this
 //! node's events in the order it did, and cuts off its own slow consumers
 //! whichever node an event came from.
+//!
+//! `new-message` carries one more argument, last: the message id, which is the
+//! offset socket.io-client's connection state recovery keeps and hands back on
+//! a reconnect ([`crate::chat::sessions`]). It is the same for every socket of
+//! the room, so the packet is still encoded once. Other events carry none.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +33,11 @@ use socketioxide_core::Value;
 use socketioxide_redis::drivers::Driver;
 use tokio::sync::mpsc;
 
-use crate::{cluster::PubSub, domain::RoomId, metrics::Metrics};
+use crate::{
+    cluster::PubSub,
+    domain::{RoomId, StoredMessage},
+    metrics::Metrics,
+};
 
 /// The Socket.IO adapter that carries broadcasts between nodes.
 pub type ClusterAdapter = socketioxide_redis::CustomRedisAdapter<Emitter, crate::cluster::PubSub>;
@@ -100,6 +109,10 @@ struct Envelope {
     except: Vec<String>,
     event: String,
     payload: Box<RawValue>,
+    /// The recovery offset sent as the last argument (`new-message` only).
+    /// Absent from an older node's envelopes, and then none is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<String>,
 }
 
 /// The pub/sub channel events cross between nodes on.
@@ -190,6 +203,23 @@ impl Broadcaster {
     /// Sends `event` to the audience on every node; returns how many of this
     /// node's sockets got it.
     pub async fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
+        self.emit_with_offset(audience, event, payload, None).await
+    }
+
+    /// Sends a stored message as `new-message`, its id as the last argument
+    /// (the recovery offset), to the audience on every node.
+    pub async fn emit_message(&self, audience: Audience<'_>, message: &StoredMessage) -> usize {
+        self.emit_with_offset(audience, "new-message", message, Some(message.id.to_string()))
+            .await
+    }
+
+    async fn emit_with_offset<T: Serialize + ?Sized>(
+        &self,
+        audience: Audience<'_>,
+        event: &str,
+        payload: &T,
+        offset: Option<String>,
+    ) -> usize {
         // JSON once: the other nodes get these bytes as they are, and each node
         // wraps them into one Socket.IO packet for all of its sockets.
         let payload = match serde_json::value::to_raw_value(payload) {
@@ -202,7 +232,7 @@ impl Broadcaster {
         let room = audience.room.to_string();
         let except = audience.except_rooms();
         match &self.io {
-            Io::Single(io) => self.deliver_here(io, room, except, event, &payload),
+            Io::Single(io) => self.deliver_here(io, room, except, event, &payload, offset.as_deref()),
             Io::Cluster {
                 io,
                 node,
@@ -216,13 +246,14 @@ impl Broadcaster {
                 let turn = order[audience.room.shard(ORDER_STRIPES)]
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload);
+                let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload, offset.as_deref());
                 let queued = outbound.try_send(Envelope {
                     node: node.clone(),
                     room,
                     except,
                     event: event.to_owned(),
                     payload,
+                    offset,
                 });
                 drop(turn);
                 if queued.is_err() {
@@ -242,13 +273,14 @@ impl Broadcaster {
         except: Vec<String>,
         event: &str,
         payload: &RawValue,
+        offset: Option<&str>,
     ) -> usize {
         let Some(ns) = io.of("/") else {
             return 0;
         };
         let sockets = ns.to(room).except(except).sockets();
         // Encoded once for the whole room; each socket gets the same bytes.
-        let Some(packet) = sockets.first().and_then(|s| encode(s, event, payload)) else {
+        let Some(packet) = sockets.first().and_then(|s| encode(s, event, payload, offset)) else {
             return 0;
         };
         let delivered = sockets
@@ -276,13 +308,28 @@ impl Broadcaster {
             if envelope.node == *node {
                 continue;
             }
-            self.deliver_here(io, envelope.room, envelope.except, &envelope.event, &envelope.payload);
+            self.deliver_here(
+                io,
+                envelope.room,
+                envelope.except,
+                &envelope.event,
+                &envelope.payload,
+                envelope.offset.as_deref(),
+            );
         }
     }
 
     /// Sends to one socket of this node; a full buffer disconnects it.
     pub fn send<A: Adapter, T: Serialize + ?Sized>(&self, socket: &SocketRef<A>, event: &str, payload: &T) -> bool {
-        encode(socket, event, payload).is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
+        encode(socket, event, payload, None).is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
+    }
+
+    /// Sends a stored message as `new-message` to one socket of this node,
+    /// with its offset, as [`Broadcaster::emit_message`] does (recovery replays).
+    pub fn send_message<A: Adapter>(&self, socket: &SocketRef<A>, message: &StoredMessage) -> bool {
+        let offset = message.id.to_string();
+        encode(socket, "new-message", message, Some(&offset))
+            .is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
     }
 
     /// Whether a send went through; a full buffer disconnects the socket.
@@ -364,10 +411,20 @@ impl Broadcaster {
     }
 }
 
-/// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it.
-fn encode<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, payload: &T) -> Option<Value> {
-    socket
-        .encode_event(event, payload)
+/// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it:
+/// the payload, then the offset as a second argument when there is one.
+fn encode<A: Adapter, T: Serialize + ?Sized>(
+    socket: &SocketRef<A>,
+    event: &str,
+    payload: &T,
+    offset: Option<&str>,
+) -> Option<Value> {
+    let encoded = match offset {
+        // A tuple is sent as that many arguments.
+        Some(offset) => socket.encode_event(event, &(payload, offset)),
+        None => socket.encode_event(event, payload),
+    };
+    encoded
         .inspect_err(|e| tracing::error!(error = %e, event, "could not encode event"))
         .ok()
 }

@@ -108,6 +108,12 @@ pub struct Config {
     #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 8_000)]
     pub typing_timeout_ms: u64,
 
+    /// How long socket.io-client may resume a dropped connection (its rooms and missed
+    /// messages, from the database); 0 disables connection state recovery.
+    // A day covers a laptop asleep overnight; a session is a few small rows.
+    #[arg(long, env = "RECOVERY_WINDOW_SECS", default_value_t = 86_400)]
+    pub recovery_window_secs: u64,
+
     /// How long shutdown waits for writes in flight.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -157,6 +163,8 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     pub socket_buffer_packets: usize,
     pub typing_timeout: Duration,
+    /// Zero: connection state recovery is off.
+    pub recovery_window: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -251,6 +259,7 @@ impl Config {
             max_frame_bytes: self.max_frame_bytes.max(self.max_event_bytes),
             socket_buffer_packets: self.socket_buffer_packets.max(16),
             typing_timeout: Duration::from_millis(self.typing_timeout_ms),
+            recovery_window: Duration::from_secs(self.recovery_window_secs),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
         })
     }

@@ -141,6 +141,7 @@ impl Application {
             typing,
             typing_timeout: settings.typing_timeout,
             max_event_bytes: settings.max_event_bytes,
+            recovery_window: settings.recovery_window,
             shim,
         };
         let routes = |chat: &Arc<Chat>| {
