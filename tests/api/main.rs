@@ -6,6 +6,7 @@ mod cluster;
 mod helpers;
 mod presence;
 mod pusher;
+mod recovery;
 mod rest;
 mod socket;
 mod typing;
