@@ -10,6 +10,8 @@ use crate::domain::{Identity, Profile, UserId};
 pub enum AuthError {
     #[error("unauthorized: missing token")]
     Missing,
+    #[error("unauthorized: token must be a string")]
+    NotAString,
     #[error("unauthorized: token expired")]
     Expired,
     #[error("unauthorized: token not valid yet")]

@@ -332,6 +332,17 @@ impl Broadcaster {
             .is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
     }
 
+    /// An acknowledgement that could not be queued: past the socket's buffer,
+    /// it is a slow consumer like any other.
+    pub fn ack_failed<A: Adapter>(&self, socket: &SocketRef<A>, error: socketioxide::SendError) {
+        match error {
+            socketioxide::SendError::Socket(e) => {
+                self.sent(socket, Err(e));
+            }
+            socketioxide::SendError::Serialize(e) => tracing::error!(error = %e, "could not encode an ack"),
+        }
+    }
+
     /// Whether a send went through; a full buffer disconnects the socket.
     fn sent<A: Adapter>(&self, socket: &SocketRef<A>, result: Result<(), SocketError>) -> bool {
         match result {

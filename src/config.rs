@@ -104,6 +104,21 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", default_value_t = 4096)]
     pub socket_buffer_packets: usize,
 
+    /// Bytes queued for one socket before it counts as a slow consumer and is disconnected.
+    // 4 MiB is seconds of a busy room for a client that reads, and bounds what a
+    // client that stops reading can make the server hold for it.
+    #[arg(long, env = "SOCKET_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub socket_buffer_bytes: usize,
+
+    /// Bytes queued for all sockets together; past it, sockets holding more than
+    /// a sixteenth of SOCKET_BUFFER_BYTES are disconnected as slow consumers.
+    #[arg(long, env = "SEND_BUFFER_TOTAL_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub send_buffer_total_bytes: usize,
+
+    /// Largest answer read from PUSHER_AUTH_ENDPOINT; a longer one fails the join with `internal`.
+    #[arg(long, env = "PUSHER_AUTH_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub pusher_auth_max_body_bytes: usize,
+
     /// A `typing: true` not refreshed within this is followed by `isTyping: false`.
     #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 8_000)]
     pub typing_timeout_ms: u64,
@@ -162,6 +177,9 @@ pub struct Settings {
     pub max_event_bytes: usize,
     pub max_frame_bytes: usize,
     pub socket_buffer_packets: usize,
+    pub socket_buffer_bytes: usize,
+    pub send_buffer_total_bytes: usize,
+    pub pusher_auth_max_body_bytes: usize,
     pub typing_timeout: Duration,
     /// Zero: connection state recovery is off.
     pub recovery_window: Duration,
@@ -258,10 +276,34 @@ impl Config {
             max_event_bytes: self.max_event_bytes,
             max_frame_bytes: self.max_frame_bytes.max(self.max_event_bytes),
             socket_buffer_packets: self.socket_buffer_packets.max(16),
+            socket_buffer_bytes: self.socket_buffer_bytes.max(64 * 1024),
+            send_buffer_total_bytes: self.send_buffer_total_bytes.max(1024 * 1024),
+            pusher_auth_max_body_bytes: self.pusher_auth_max_body_bytes.max(1024),
             typing_timeout: Duration::from_millis(self.typing_timeout_ms),
             recovery_window: Duration::from_secs(self.recovery_window_secs),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
         })
+    }
+}
+
+/// Shortest HS256 secret not warned about: HS256 keys shorter than the hash
+/// (32 bytes) make tokens easier to forge by brute force.
+const MIN_SECRET_BYTES: usize = 32;
+
+impl Settings {
+    /// What is allowed but unwise, logged at start (dev mode is exempt).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let JwtKey::Hs256(secret) = &self.jwt
+            && !self.dev
+            && secret.len() < MIN_SECRET_BYTES
+        {
+            warnings.push(format!(
+                "JWT_SECRET is {} bytes; use at least {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ));
+        }
+        warnings
     }
 }
 
@@ -325,6 +367,17 @@ mod tests {
     fn refuses_to_start_without_a_secret() {
         let err = parse(&[]).expect_err("must refuse");
         assert!(err.to_string().contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn a_short_secret_is_warned_about_outside_dev_mode() {
+        let short = parse(&["--jwt-secret", "s"]).expect("starts anyway");
+        assert_eq!(short.warnings().len(), 1);
+        assert!(short.warnings()[0].contains("JWT_SECRET is 1 bytes"));
+        let long = parse(&["--jwt-secret", &"k".repeat(32)]).expect("ok");
+        assert!(long.warnings().is_empty());
+        let dev = parse(&["--dev", "--jwt-secret", "s"]).expect("ok");
+        assert!(dev.warnings().is_empty());
     }
 
     #[test]

@@ -25,6 +25,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let result = async {
         let app = startup::Application::build(settings.clone()).await?;
         dev::announce(&settings, app.local_addr()?);

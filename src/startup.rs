@@ -120,6 +120,7 @@ impl Application {
             .ws_max_message_size(settings.max_frame_bytes)
             .ws_max_frame_size(settings.max_frame_bytes)
             .max_buffer_size(settings.socket_buffer_packets)
+            .max_buffer_bytes(settings.socket_buffer_bytes, settings.send_buffer_total_bytes)
             .ws_read_buffer_size(WS_READ_CHUNK);
 
         let shim = match (&settings.pusher_auth_endpoint, &settings.pusher) {
@@ -127,6 +128,7 @@ impl Application {
                 endpoint.clone(),
                 credentials.clone(),
                 settings.pusher_auth_timeout,
+                settings.pusher_auth_max_body_bytes,
             )?),
             _ => None,
         };
@@ -285,9 +287,16 @@ async fn check_origin(State(origins): State<Arc<Origins>>, req: Request, next: N
     if !req.uri().path().starts_with("/socket.io") {
         return next.run(req).await;
     }
-    let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
-    if !origins.allows(origin) {
-        let err = ChatError::Forbidden(format!("origin {} is not allowed", origin.unwrap_or_default()));
+    // An Origin that is not text is refused: only a missing header means a
+    // non-browser client.
+    let refused = match req.headers().get(header::ORIGIN).map(|o| o.to_str()) {
+        None => None,
+        Some(Ok(origin)) if origins.allows(Some(origin)) => None,
+        Some(Ok(origin)) => Some(format!("origin {origin} is not allowed")),
+        Some(Err(_)) => Some("an Origin header that is not valid text is not allowed".to_owned()),
+    };
+    if let Some(why) = refused {
+        let err = ChatError::Forbidden(why);
         return (StatusCode::FORBIDDEN, axum::Json(err.body())).into_response();
     }
     let opens_session = !req

@@ -34,6 +34,10 @@ use typing::Typing;
 pub const HISTORY_LATEST: u32 = 50;
 /// Most messages returned by a join with `since`, and by one REST page.
 pub const HISTORY_MAX: u32 = 500;
+/// Most bytes of messages (as JSON) in one page, whatever their count: 500
+/// messages of 4,000 characters would otherwise be a 2 MB answer to a
+/// 45-byte request. A page cut short says `hasMore`, and the client pages on.
+pub const HISTORY_MAX_BYTES: usize = 256 * 1024;
 
 /// One connection's view: who it is and which rooms it has joined, with the
 /// member identity it holds in each. Kept in the socket's extensions.
@@ -320,10 +324,12 @@ impl Chat {
     }
 
     pub async fn page(&self, room: &RoomId, query: PageQuery) -> Result<Page, ChatError> {
-        self.store
+        let page = self
+            .store
             .page(room, query)
             .await
-            .map_err(|e| ChatError::internal("could not read messages", &e))
+            .map_err(|e| ChatError::internal("could not read messages", &e))?;
+        Ok(cap_bytes(page, query.after.is_some(), HISTORY_MAX_BYTES))
     }
 
     /// Stores the message (before anyone hears of it), then broadcasts it to
@@ -418,6 +424,39 @@ impl Chat {
     }
 }
 
+/// Cuts a page down to `max` bytes of JSON, keeping the messages nearest to
+/// where the client reads from: the oldest when paging forward (`after`),
+/// else the newest. At least one message is kept, so paging always advances.
+fn cap_bytes(mut page: Page, forward: bool, max: usize) -> Page {
+    let sizes: Vec<usize> = page
+        .messages
+        .iter()
+        .map(|m| serde_json::to_vec(m).map_or(0, |v| v.len()))
+        .collect();
+    if sizes.iter().sum::<usize>() <= max {
+        return page;
+    }
+    let fits = |order: &mut dyn Iterator<Item = &usize>| {
+        let mut total = 0;
+        order
+            .take_while(|n| {
+                total += **n;
+                total <= max
+            })
+            .count()
+            .max(1)
+    };
+    if forward {
+        let keep = fits(&mut sizes.iter());
+        page.messages.truncate(keep);
+    } else {
+        let keep = fits(&mut sizes.iter().rev());
+        page.messages.drain(..page.messages.len() - keep);
+    }
+    page.has_more = true;
+    page
+}
+
 /// The `join-room` ack body.
 pub fn join_reply(room: &RoomId, members: &[Member], page: &Page) -> Value {
     json!({
@@ -431,4 +470,74 @@ pub fn join_reply(room: &RoomId, members: &[Member], page: &Page) -> Value {
 
 pub fn message_reply(message: &StoredMessage) -> Value {
     json!({ "ok": true, "message": message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MessageKind;
+
+    fn message(id: i64, chars: usize) -> StoredMessage {
+        StoredMessage {
+            id,
+            room_id: "lobby".into(),
+            user_id: json!(5),
+            username: None,
+            full_name: None,
+            avatar: None,
+            client_id: None,
+            message: "x".repeat(chars),
+            kind: MessageKind::Message,
+            media: None,
+            audio: None,
+            timestamp: 0,
+        }
+    }
+
+    fn page(n: i64, chars: usize) -> Page {
+        Page {
+            messages: (1..=n).map(|id| message(id, chars)).collect(),
+            has_more: false,
+        }
+    }
+
+    fn ids(page: &Page) -> Vec<i64> {
+        page.messages.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn a_page_within_the_cap_is_untouched() {
+        let capped = cap_bytes(page(3, 10), true, 10_000);
+        assert_eq!((ids(&capped), capped.has_more), (vec![1, 2, 3], false));
+    }
+
+    #[test]
+    fn paging_forward_keeps_the_oldest_and_says_there_is_more() {
+        // each message is a little over 1,000 bytes of JSON
+        let capped = cap_bytes(page(10, 1000), true, 3_500);
+        assert_eq!((ids(&capped), capped.has_more), (vec![1, 2, 3], true));
+    }
+
+    #[test]
+    fn the_latest_page_keeps_the_newest() {
+        let capped = cap_bytes(page(10, 1000), false, 3_500);
+        assert_eq!((ids(&capped), capped.has_more), (vec![8, 9, 10], true));
+    }
+
+    #[test]
+    fn one_message_is_always_kept_so_paging_advances() {
+        let capped = cap_bytes(page(2, 5000), true, 100);
+        assert_eq!(ids(&capped), vec![1]);
+    }
+
+    #[test]
+    fn the_default_cap_bounds_a_page_of_the_largest_messages() {
+        let capped = cap_bytes(page(HISTORY_MAX as i64, 4000), true, HISTORY_MAX_BYTES);
+        let bytes: usize = capped
+            .messages
+            .iter()
+            .map(|m| serde_json::to_vec(m).map_or(0, |v| v.len()))
+            .sum();
+        assert!(bytes <= HISTORY_MAX_BYTES && capped.has_more);
+    }
 }

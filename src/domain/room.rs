@@ -81,9 +81,16 @@ impl RoomId {
             if a.is_empty() || b.is_empty() {
                 return Err(RoomError::MalformedDirect);
             }
-            if compare_user_ids(a, b) == Ordering::Greater {
+            // One room per pair: `chat-05-5` would be a second room for 5 and 5.
+            let (ca, cb) = (canonical_part(a), canonical_part(b));
+            let (lo, hi) = if compare_user_ids(ca, cb) == Ordering::Greater {
+                (cb, ca)
+            } else {
+                (ca, cb)
+            };
+            if (lo, hi) != (a, b) {
                 return Err(RoomError::NotCanonical {
-                    canonical: format!("chat-{b}-{a}"),
+                    canonical: format!("chat-{lo}-{hi}"),
                 });
             }
             return Ok(RoomKind::Direct {
@@ -108,6 +115,7 @@ impl RoomId {
 
     /// The canonical direct room of two users.
     pub fn direct(a: &str, b: &str) -> Result<Self, RoomError> {
+        let (a, b) = (canonical_part(a), canonical_part(b));
         let (lo, hi) = if compare_user_ids(a, b) == Ordering::Greater {
             (b, a)
         } else {
@@ -131,6 +139,17 @@ impl serde::Serialize for RoomId {
 
 fn allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"_-=@,.;:".contains(&b)
+}
+
+/// A numeric user id without its leading zeros (`007` is user 7); any other
+/// id as it is.
+fn canonical_part(part: &str) -> &str {
+    if part.bytes().all(|c| c.is_ascii_digit()) {
+        let trimmed = part.trim_start_matches('0');
+        if trimmed.is_empty() { "0" } else { trimmed }
+    } else {
+        part
+    }
 }
 
 /// Numeric ascending when both ids are all digits, else lexicographic.
@@ -183,6 +202,38 @@ mod tests {
                 "chat-bob-alice",
                 Err(RoomError::NotCanonical {
                     canonical: "chat-alice-bob".into(),
+                }),
+            ),
+            (
+                "chat-05-5",
+                Err(RoomError::NotCanonical {
+                    canonical: "chat-5-5".into(),
+                }),
+            ),
+            (
+                "chat-5-05",
+                Err(RoomError::NotCanonical {
+                    canonical: "chat-5-5".into(),
+                }),
+            ),
+            (
+                "chat-12-007",
+                Err(RoomError::NotCanonical {
+                    canonical: "chat-7-12".into(),
+                }),
+            ),
+            (
+                "chat-0-5",
+                Ok(RoomKind::Direct {
+                    a: "0".into(),
+                    b: "5".into(),
+                }),
+            ),
+            (
+                "chat-a05-b",
+                Ok(RoomKind::Direct {
+                    a: "a05".into(),
+                    b: "b".into(),
                 }),
             ),
             ("chat-5", Err(RoomError::MalformedDirect)),

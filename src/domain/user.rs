@@ -17,8 +17,7 @@ impl UserId {
     /// Accepts a non-empty string or an integer; anything else is not an id.
     pub fn from_json(value: &Value) -> Option<Self> {
         let key = match value {
-            // NUL can't be stored on Postgres, so such an id could never send a message.
-            Value::String(s) if !s.trim().is_empty() && s.len() <= 128 && !s.contains('\0') => s.clone(),
+            Value::String(s) if valid_key(s) => s.clone(),
             Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
             _ => return None,
         };
@@ -26,6 +25,11 @@ impl UserId {
             json: value.clone(),
             key: key.into(),
         })
+    }
+
+    /// A user id given as a path segment or form field (always a string).
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::from_json(&Value::String(key.to_owned()))
     }
 
     /// The string form: what users are compared by.
@@ -37,6 +41,13 @@ impl UserId {
     pub fn json(&self) -> &Value {
         &self.json
     }
+}
+
+/// The one rule for a string user id, whatever the engine: non-blank, at most
+/// 128 bytes, and no control characters (Postgres can't store NUL, and a
+/// newline in an id breaks logs and Pusher's own `user_id`s).
+fn valid_key(s: &str) -> bool {
+    !s.trim().is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)
 }
 
 impl PartialEq for UserId {
@@ -147,6 +158,10 @@ mod tests {
             json!({"a": 1}),
             json!(true),
             json!("a\u{0}b"),
+            json!("a\nb"),
+            json!("a\rb"),
+            json!("tab\tbed"),
+            json!("x".repeat(129)),
         ] {
             assert!(UserId::from_json(&bad).is_none(), "{bad} accepted");
         }

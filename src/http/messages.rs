@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State},
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
@@ -91,9 +91,13 @@ async fn send(
     User(identity): User,
     headers: HeaderMap,
     Path(room): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ChatError> {
     let result = async {
+        let body = body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ChatError::TooLarge(format!("the body is larger than the limit: {e}")),
+            _ => ChatError::InvalidPayload(format!("could not read the body: {e}")),
+        })?;
         chat.gate(&identity, body.len()).await?;
         let data: Value =
             serde_json::from_slice(&body).map_err(|e| ChatError::InvalidPayload(format!("body must be JSON: {e}")))?;

@@ -59,10 +59,15 @@ pub struct AuthShim {
     client: reqwest::Client,
     endpoint: String,
     credentials: Credentials,
+    /// The whole exchange, body included, must finish within this.
+    timeout: Duration,
+    /// Longest answer read; the endpoint is the app's, but a bug there must
+    /// not make this server buffer whatever it sends.
+    max_body: usize,
 }
 
 impl AuthShim {
-    pub fn new(endpoint: String, credentials: Credentials, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(endpoint: String, credentials: Credentials, timeout: Duration, max_body: usize) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -72,6 +77,8 @@ impl AuthShim {
             client,
             endpoint,
             credentials,
+            timeout,
+            max_body,
         })
     }
 
@@ -103,39 +110,73 @@ impl AuthShim {
             .unwrap_or_else(|| format!("Bearer {jwt}"));
         request = request.header(header::AUTHORIZATION, authorization);
 
-        let response = request.send().await.map_err(|e| {
-            let why = if e.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                e.to_string()
-            };
-            ShimError::Failed(why)
-        })?;
-        let status = response.status();
-        if status.is_server_error() || status.is_informational() || status.is_redirection() {
-            return Err(ShimError::Failed(format!("it answered {status}")));
-        }
-        if !status.is_success() {
-            return Err(ShimError::Denied(status));
-        }
-        let answer: AuthAnswer = response.json().await.map_err(|_| ShimError::BadSignature)?;
-        let channel_data = answer.channel_data.as_deref();
-        if !self
-            .credentials
-            .verify_channel_auth(&answer.auth, socket_id, room.as_str(), channel_data)
-        {
-            return Err(ShimError::BadSignature);
-        }
-        if !room.as_str().starts_with("presence-") {
-            return Ok(None);
-        }
-        let data: ChannelData = channel_data
-            .and_then(|d| serde_json::from_str(d).ok())
-            .ok_or(ShimError::BadChannelData)?;
-        let user = UserId::from_json(&data.user_id).ok_or(ShimError::BadChannelData)?;
-        Ok(Some(Member {
-            user,
-            info: data.user_info.unwrap_or_default(),
-        }))
+        let exchange = async {
+            let response = request.send().await.map_err(failed)?;
+            let status = response.status();
+            if status.is_server_error() || status.is_informational() || status.is_redirection() {
+                return Err(ShimError::Failed(format!("it answered {status}")));
+            }
+            if !status.is_success() {
+                return Err(ShimError::Denied(status));
+            }
+            read_capped(response, self.max_body).await
+        };
+        // reqwest's own timeout covers the body too, but only while bytes are
+        // awaited through it; this bounds the whole exchange whatever happens.
+        let body = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ShimError::Failed("timed out".into()))??;
+        parse_answer(&self.credentials, &body, socket_id, room)
     }
+}
+
+fn failed(e: reqwest::Error) -> ShimError {
+    ShimError::Failed(if e.is_timeout() {
+        "timed out".into()
+    } else {
+        e.to_string()
+    })
+}
+
+/// Reads the body, at most `max` bytes of it; a stalled or broken body is the
+/// endpoint failing (`internal`, retryable), not a refusal.
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, ShimError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(ShimError::Failed(format!("its answer is larger than {max} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > max {
+            return Err(ShimError::Failed(format!("its answer is larger than {max} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Checks a 2xx answer's signature for this socket and room; for presence
+/// rooms returns the member its `channel_data` names. Pure, so every answer
+/// an endpoint could send is tested (proptest below).
+pub fn parse_answer(
+    credentials: &Credentials,
+    body: &[u8],
+    socket_id: &str,
+    room: &RoomId,
+) -> Result<Option<Member>, ShimError> {
+    let answer: AuthAnswer = serde_json::from_slice(body).map_err(|_| ShimError::BadSignature)?;
+    let channel_data = answer.channel_data.as_deref();
+    if !credentials.verify_channel_auth(&answer.auth, socket_id, room.as_str(), channel_data) {
+        return Err(ShimError::BadSignature);
+    }
+    if !room.as_str().starts_with("presence-") {
+        return Ok(None);
+    }
+    let data: ChannelData = channel_data
+        .and_then(|d| serde_json::from_str(d).ok())
+        .ok_or(ShimError::BadChannelData)?;
+    let user = UserId::from_json(&data.user_id).ok_or(ShimError::BadChannelData)?;
+    Ok(Some(Member {
+        user,
+        info: data.user_info.unwrap_or_default(),
+    }))
 }

@@ -142,7 +142,8 @@ pub fn verify(
     let Ok(ts) = timestamp.parse::<i64>() else {
         return unauthorized("auth_timestamp must be seconds since the epoch".into());
     };
-    if (now - ts).abs() > TIMESTAMP_WINDOW_SECS {
+    // abs_diff: `now - ts` overflows for a timestamp near i64::MIN.
+    if now.abs_diff(ts) > TIMESTAMP_WINDOW_SECS.unsigned_abs() {
         return unauthorized(format!(
             "Timestamp expired: Given timestamp ({ts}) not within {TIMESTAMP_WINDOW_SECS}s of server time ({now})"
         ));
@@ -413,8 +414,10 @@ async fn terminate(
 }
 
 fn group_room(group: &str, user_id: &str) -> Result<RoomId, ApiError> {
-    if user_id.is_empty() || user_id.len() > 128 {
-        return Err(ApiError::BadRequest("Invalid user id".into()));
+    if crate::domain::UserId::from_key(user_id).is_none() {
+        return Err(ApiError::BadRequest(
+            "Invalid user id: 1-128 bytes, not blank, no control characters".into(),
+        ));
     }
     RoomId::parse(&format!("group-{group}")).map_err(|e| ApiError::BadRequest(format!("Invalid group {group:?}: {e}")))
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use socketioxide::{
     SocketIo,
     adapter::Adapter,
-    extract::{AckSender, SocketRef, TryData},
+    extract::{AckSender, Event, SocketRef, TryData},
     handler::ConnectHandler,
 };
 use socketioxide_core::adapter::DefinedAdapter;
@@ -22,6 +22,7 @@ use crate::{
     domain::{Draft, Member, RoomId},
     error::ChatError,
     pusher::{Forwarded, new_socket_id},
+    store::Page,
 };
 use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
 
@@ -69,10 +70,11 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, chat: Arc<Chat>) 
 /// `Authorization: Bearer` header, in that order.
 fn authenticate<A: Adapter>(s: &SocketRef<A>, auth: Option<&Value>, chat: &Chat) -> Result<Arc<Conn>, AuthError> {
     let parts = s.req_parts();
-    let from_auth = auth
-        .and_then(|a| a.get("token"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let from_auth = match auth.and_then(|a| a.get("token")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) => Some(token.clone()),
+        Some(_) => return Err(AuthError::NotAString),
+    };
     let from_query = || {
         parts.uri.query().and_then(|q| {
             url::form_urlencoded::parse(q.as_bytes())
@@ -137,7 +139,8 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
     on(s, chat, "join-room", |chat, s, conn, data| async move {
         let req = JoinRequest::parse(&data)?;
         let room = RoomId::parse(&req.room)?;
-        if !in_room(&s, &conn, &room) {
+        let fresh = !in_room(&s, &conn, &room);
+        if fresh {
             let member = chat.admit(conn.seeker(), &room).await?;
             enter(&s, &chat, &conn, &room, member.clone()).await?;
             recovery::joined(&s, &chat, &conn, &room, &member).await;
@@ -149,7 +152,12 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
             }
         }
         let members = chat.members(&room).await?;
-        let page = chat.history(&room, req.since).await?;
+        // A room already joined gets history only when asked with `since`: a
+        // client re-joining in a loop must not be sent the same page each time.
+        let page = match (fresh, req.since) {
+            (false, None) => Page::default(),
+            _ => chat.history(&room, req.since).await?,
+        };
         Ok(join_reply(&room, &members, &page))
     });
 
@@ -183,6 +191,27 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         Ok(json!({ "ok": true }))
     });
 
+    // Any other event: answered (when the client asked for an ack) rather
+    // than left to the client's own timeout.
+    let fallback = chat.clone();
+    s.on_fallback(move |s: SocketRef<A>, Event(name): Event, ack: AckSender<A>| {
+        let chat = fallback.clone();
+        async move {
+            let Some(conn) = conn_of(&s) else { return };
+            let shown: String = name.chars().take(64).collect();
+            let error = match chat.gate(&conn.identity, 0).await {
+                Ok(()) => ChatError::InvalidPayload(format!(
+                    "unknown event {shown:?}: the events are join-room, leave-room, send-message and typing"
+                )),
+                Err(e) => e,
+            };
+            chat.metrics.error(error.code());
+            if let Err(e) = ack.send(&error.body()) {
+                chat.broadcaster().ack_failed(&s, e);
+            }
+        }
+    });
+
     let chat = chat.clone();
     s.on_disconnect(move |s: SocketRef<A>| {
         let chat = chat.clone();
@@ -214,15 +243,17 @@ where
                 let Some(conn) = conn_of(&s) else { return };
                 let data = data.unwrap_or(Value::Null);
                 let result = match chat.gate(&conn.identity, json_size(&data)).await {
-                    Ok(()) => handler(chat.clone(), s, conn, data).await,
+                    Ok(()) => handler(chat.clone(), s.clone(), conn, data).await,
                     Err(e) => Err(e),
                 };
                 let body = result.unwrap_or_else(|e| {
                     chat.metrics.error(e.code());
                     e.body()
                 });
-                // No ack callback on the client side: nothing to answer.
-                let _ = ack.send(&body);
+                // No ack callback on the client side: nothing is sent, Ok.
+                if let Err(e) = ack.send(&body) {
+                    chat.broadcaster().ack_failed(&s, e);
+                }
             }
         },
     );

@@ -3,6 +3,7 @@
 //! time-based tests attach in-process sockets so time can be paused.
 
 mod cluster;
+mod hardening;
 mod helpers;
 mod presence;
 mod pusher;

@@ -204,6 +204,15 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// The bytes that may be queued per connection, and for all connections
+    /// together, before sends to a connection fail as if its buffer were full
+    /// (engineioxide's `ByteBudget`; switchboard patch, see PATCHES.md).
+    #[inline]
+    pub fn max_buffer_bytes(mut self, per_socket: usize, total: usize) -> Self {
+        self.engine_config_builder = self.engine_config_builder.max_buffer_bytes(per_socket, total);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///
