@@ -22,6 +22,10 @@ pub enum AuthError {
     Malformed,
     #[error("unauthorized: token has no usable user id (sub, userId or user_id)")]
     NoUserId,
+    /// No token, and the app's auth endpoint did not vouch for the session
+    /// (its reason; `auth endpoint failed: …` when it could not answer).
+    #[error("unauthorized: {0}")]
+    Session(String),
 }
 
 /// Checks tokens against the configured key: HS256 with a shared secret, or

@@ -360,7 +360,9 @@ impl Broadcaster {
     /// fails; it is retried from a task until it goes through or the
     /// transport is gone, and the socket is counted and logged once.
     fn cut_off<A: Adapter>(&self, socket: &SocketRef<A>) {
-        if !self.cutting_off.insert(socket.id) {
+        // Events already received keep being answered for a moment after the
+        // disconnect: the socket is cut off once.
+        if !socket.connected() || !self.cutting_off.insert(socket.id) {
             return;
         }
         self.metrics.slow_consumers.inc();

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::pusher::Credentials;
+use crate::pusher::{Credentials, UserIdType};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -80,6 +80,21 @@ pub struct Config {
     /// How long the auth endpoint may take before a join fails with `internal`.
     #[arg(long, env = "PUSHER_AUTH_TIMEOUT_MS", default_value_t = 5_000)]
     pub pusher_auth_timeout_ms: u64,
+
+    /// Presence channel the auth endpoint is asked about at connect time, with the handshake's
+    /// cookies, to learn who a connection without a JWT is; empty turns that off.
+    #[arg(long, env = "PUSHER_IDENTITY_CHANNEL", default_value = "presence-online")]
+    pub pusher_identity_channel: String,
+
+    /// Type of user ids read from channel_data: `auto` makes canonical decimal strings ("5")
+    /// numbers, as legacy apps compare them; `string` keeps every id a string.
+    #[arg(long, env = "PUSHER_USER_ID_TYPE", value_enum, default_value_t = UserIdType::Auto)]
+    pub pusher_user_id_type: UserIdType,
+
+    /// Pusher API event names stored as chat messages before they are broadcast (comma list;
+    /// empty: none).
+    #[arg(long, env = "PUSHER_STORED_EVENTS", default_value = "new-message")]
+    pub pusher_stored_events: String,
 
     /// Client events per second allowed per user (all sockets and REST calls together).
     #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 20)]
@@ -172,6 +187,11 @@ pub struct Settings {
     pub pusher: Option<Credentials>,
     pub pusher_auth_endpoint: Option<String>,
     pub pusher_auth_timeout: Duration,
+    /// Presence channel that identifies token-less connections; `None` when off.
+    pub pusher_identity_channel: Option<String>,
+    pub pusher_user_id_type: UserIdType,
+    /// Event names the Pusher API stores as messages.
+    pub pusher_stored_events: Vec<String>,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub max_event_bytes: usize,
@@ -255,6 +275,19 @@ impl Config {
             }
         }
 
+        let pusher_identity_channel = nonempty(Some(self.pusher_identity_channel)).map(|c| c.trim().to_owned());
+        if let Some(channel) = &pusher_identity_channel
+            && !channel.starts_with("presence-")
+        {
+            bail!("PUSHER_IDENTITY_CHANNEL must be a presence- channel (its channel_data names the user)");
+        }
+        let pusher_stored_events = self
+            .pusher_stored_events
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect();
+
         let ip: std::net::IpAddr = self
             .host
             .parse()
@@ -271,6 +304,9 @@ impl Config {
             pusher,
             pusher_auth_endpoint,
             pusher_auth_timeout: Duration::from_millis(self.pusher_auth_timeout_ms),
+            pusher_identity_channel,
+            pusher_user_id_type: self.pusher_user_id_type,
+            pusher_stored_events,
             rate_limit_per_sec: self.rate_limit_per_sec,
             rate_limit_burst: self.rate_limit_burst,
             max_event_bytes: self.max_event_bytes,
@@ -410,6 +446,32 @@ mod tests {
         );
         assert!(with(&["--pusher-app-id", "1"]).is_err());
         assert!(with(&["--pusher-auth-endpoint", "http://localhost:3000/api/pusher/auth"]).is_err());
+    }
+
+    #[test]
+    fn pusher_migration_settings() {
+        let base = ["--jwt-secret", "s"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let s = with(&[]).expect("ok");
+        assert_eq!(s.pusher_identity_channel.as_deref(), Some("presence-online"));
+        assert_eq!(s.pusher_user_id_type, UserIdType::Auto);
+        assert_eq!(s.pusher_stored_events, ["new-message"]);
+        let s = with(&[
+            "--pusher-identity-channel",
+            "",
+            "--pusher-user-id-type",
+            "string",
+            "--pusher-stored-events",
+            "",
+        ])
+        .expect("ok");
+        assert_eq!(s.pusher_identity_channel, None, "empty turns it off");
+        assert_eq!(s.pusher_user_id_type, UserIdType::String);
+        assert!(s.pusher_stored_events.is_empty(), "empty stores nothing");
+        let s = with(&["--pusher-stored-events", "new-message, edited ,"]).expect("ok");
+        assert_eq!(s.pusher_stored_events, ["new-message", "edited"]);
+        assert!(with(&["--pusher-identity-channel", "private-me"]).is_err());
+        assert!(with(&["--pusher-user-id-type", "number"]).is_err());
     }
 
     #[test]

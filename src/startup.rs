@@ -32,7 +32,7 @@ use crate::{
     error::ChatError,
     http,
     metrics::Metrics,
-    pusher::{self, AuthShim},
+    pusher::{self, AuthShim, ChannelAuth},
     ratelimit::RateLimit,
     socket, store,
 };
@@ -123,10 +123,14 @@ impl Application {
             .max_buffer_bytes(settings.socket_buffer_bytes, settings.send_buffer_total_bytes)
             .ws_read_buffer_size(WS_READ_CHUNK);
 
-        let shim = match (&settings.pusher_auth_endpoint, &settings.pusher) {
-            (Some(endpoint), Some(credentials)) => Some(AuthShim::new(
+        let signed = settings
+            .pusher
+            .clone()
+            .map(|credentials| ChannelAuth::new(credentials, settings.pusher_user_id_type));
+        let shim = match (&settings.pusher_auth_endpoint, &signed) {
+            (Some(endpoint), Some(signed)) => Some(AuthShim::new(
                 endpoint.clone(),
-                credentials.clone(),
+                signed.clone(),
                 settings.pusher_auth_timeout,
                 settings.pusher_auth_max_body_bytes,
             )?),
@@ -145,11 +149,17 @@ impl Application {
             max_event_bytes: settings.max_event_bytes,
             recovery_window: settings.recovery_window,
             shim,
+            signed,
+            identity_channel: settings.pusher_identity_channel.clone(),
         };
         let routes = |chat: &Arc<Chat>| {
             let mut router = http::router(chat.clone(), settings.max_frame_bytes);
             if let Some(credentials) = settings.pusher.clone() {
-                router = router.merge(pusher::http_api::router(chat.clone(), credentials));
+                router = router.merge(pusher::http_api::router(
+                    chat.clone(),
+                    credentials,
+                    settings.pusher_stored_events.clone(),
+                ));
             }
             router
         };

@@ -372,6 +372,12 @@ describe('a cluster of three nodes', { skip }, () => {
       })
       const users = await getJson(B, `/channels/${p}/users`)
       assert.deepEqual(users.users.map((x) => x.id).sort(), ['12', '5'])
+      // the join ack's Pusher member set is the cluster's: carol (A) sees alice (C)
+      const again = await asUser(B, 12, { transports: ['websocket'] })
+      const presence = (await emitAck(again, 'join-room', { roomId: p }, 4000)).presence
+      assert.equal(presence.count, 2, JSON.stringify(presence))
+      assert.deepEqual([...presence.ids].sort(), ['12', '5'])
+      assert.equal((await emitAck(again, 'leave-room', { roomId: p })).ok, true)
       const all = await getJson(C, '/channels')
       assert.deepEqual(all.channels[pub], {}, JSON.stringify(all))
       assert.deepEqual(await getJson(B, `/channels/${pub}`, { info: 'subscription_count' }), {
@@ -675,7 +681,7 @@ describe('kill -9 of one node (NODE_TIMEOUT_MS=3000)', { skip }, () => {
     const missed = [await send(o, r1, 'missed 1'), await send(o, r1, 'missed 2')]
 
     // (probes of membersSeenFrom come and go too: only the users under test count)
-    const underTest = new Set([x, y, z, w, '5'])
+    const underTest = new Set([x, y, z, w, 5]) // 5: alice in p (channel_data "5", typed auto)
     const offline = (s) => receivedOf(s, 'user-online', (e) => e.online === false && underTest.has(e.userId)).map(onlineOf)
     const expected = [
       { roomId: r1, userId: x, online: false },
@@ -701,7 +707,12 @@ describe('kill -9 of one node (NODE_TIMEOUT_MS=3000)', { skip }, () => {
     await expectNone(o, 'user-online', 2000, (e) => e.online === false && underTest.has(e.userId))
     const sortK = (l) => [...l].sort((a, b) => key(a).localeCompare(key(b)))
     assert.deepEqual(sortK(offline(o)), sortK(expected), 'exactly one offline per room of the users only on the dead node')
-    assert.deepEqual(offline(carol), [{ roomId: p, userId: '5', online: false }])
+    assert.deepEqual(offline(carol), [{ roomId: p, userId: 5, online: false }])
+    // the reaping node says it in Pusher's shape too, once
+    assert.deepEqual(
+      receivedOf(carol, 'pusher:member_removed', (e) => e.roomId === p),
+      [{ roomId: p, id: '5', info: { username: 'alice', fullName: 'Alice Martin' } }],
+    )
     assert.equal(receivedOf(o, 'user-online', (e) => e.userId === w && e.roomId === r1).length, 1, 'w: only its first online in r1')
 
     // no ghosts: members, /channels and /users on every surviving node

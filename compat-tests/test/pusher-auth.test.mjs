@@ -7,6 +7,7 @@ import { after, afterEach, before, describe, test } from 'node:test'
 import {
   closeSockets,
   connect,
+  connectError,
   emitAck,
   expectNone,
   http,
@@ -19,7 +20,7 @@ import {
   waitFor,
 } from './helpers.mjs'
 import { ALICE, CAROL, startFakeApp } from './fake-next-app.mjs'
-import { RELAXED_LIMITS, pusherEnv } from './pusher-helpers.mjs'
+import { RELAXED_LIMITS, pusherEnv, pusherFor, sdkCall } from './pusher-helpers.mjs'
 
 const DM = 'private-chat-5-12'
 const SOCKET_ID_RE = /^\d+\.\d+$/
@@ -59,8 +60,9 @@ function asUser(uid, { cookie = `uid=${uid}`, transports = ['polling'], url = sr
 const joinAck = (s, roomId, ms = JOIN_MS) => emitAck(s, 'join-room', { roomId }, ms)
 const byUserId = (members) => [...members].sort((x, y) => String(x.userId).localeCompare(String(y.userId)))
 const onlineOf = (e) => ({ roomId: e.roomId, userId: e.userId, online: e.online })
-const aliceMember = { userId: '5', username: ALICE.username, fullName: ALICE.fullName }
-const carolMember = { userId: '12', username: CAROL.username, fullName: CAROL.fullName }
+// channel_data's user_id "5" is the number 5 again (PUSHER_USER_ID_TYPE=auto, the default)
+const aliceMember = { userId: 5, username: ALICE.username, fullName: ALICE.fullName }
+const carolMember = { userId: 12, username: CAROL.username, fullName: CAROL.fullName }
 
 function assertError(ack, code, what) {
   assert.equal(ack?.ok, false, `${what}: expected ok:false, got ${JSON.stringify(ack)}`)
@@ -300,7 +302,7 @@ describe('auth shim: private rooms', () => {
 })
 
 describe('auth shim: presence rooms', () => {
-  test('presence-online: members are { userId: channel_data.user_id, ...user_info }; user-online uses that id', async () => {
+  test('presence-online: members are { userId: channel_data.user_id (typed), ...user_info }; user-online uses that id', async () => {
     const room = 'presence-online'
     const carol = await asUser(12)
     const cAck = await joinAck(carol, room)
@@ -314,7 +316,7 @@ describe('auth shim: presence rooms', () => {
     const aAck = await joinAck(alice, room)
     assert.equal(aAck.ok, true, JSON.stringify(aAck))
     assert.deepEqual(byUserId(aAck.members), byUserId([carolMember, aliceMember]))
-    assert.deepEqual(onlineOf(await online), { roomId: room, userId: '5', online: true })
+    assert.deepEqual(onlineOf(await online), { roomId: room, userId: 5, online: true })
     await selfNone
     const mine = app.requestsFor((f) => f.socket_id === socketId)
     assert.deepEqual(
@@ -326,7 +328,7 @@ describe('auth shim: presence rooms', () => {
     // the last socket going away -> online:false with the same id
     const offline = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online === false, 3000)
     alice.close()
-    assert.deepEqual(onlineOf(await offline), { roomId: room, userId: '5', online: false })
+    assert.deepEqual(onlineOf(await offline), { roomId: room, userId: 5, online: false })
   })
 
   test('user_id comes from channel_data (not the token); new-message/typing still carry the token user id', async () => {
@@ -387,7 +389,7 @@ describe('auth shim: presence rooms', () => {
     await quiet2
     const off = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online === false)
     assert.equal((await emitAck(a2, 'leave-room', { roomId: room })).ok, true)
-    assert.deepEqual(onlineOf(await off), { roomId: room, userId: '5', online: false })
+    assert.deepEqual(onlineOf(await off), { roomId: room, userId: 5, online: false })
   })
 })
 
@@ -409,5 +411,240 @@ describe('auth shim off', () => {
     assertError(await joinAck(s, uniqueRoom('presence-x')), 'forbidden', 'presence without pusher')
     assert.equal(app.requests.length, 0, JSON.stringify(app.requests))
     await other.stop()
+  })
+})
+
+/**
+ * A connection with NO token, only the legacy app's session cookie, as the
+ * migrated hook makes it (`io({ withCredentials: true })` behind the app's rewrite).
+ */
+function bySession(cookie, { url = srv.url, transports = ['polling'], ...opts } = {}) {
+  return connect(url, { transports, ...(cookie ? { extraHeaders: { Cookie: cookie } } : {}), ...opts })
+}
+
+describe('identity from the app session (no token)', () => {
+  for (const transports of [['polling'], ['websocket']]) {
+    test(`Cookie uid=5 and no token -> user 5 (a number), asked about presence-online with this socket id [${transports}]`, async () => {
+      const s = await bySession('theme=dark; uid=5', { transports })
+      const { socketId, userId } = await s.session
+      assert.equal(userId, 5)
+      assert.match(socketId, SOCKET_ID_RE)
+      const [r] = app.requestsFor((f) => f.socket_id === socketId)
+      assert.ok(r, JSON.stringify(app.requests))
+      assert.deepEqual(r.form, { socket_id: socketId, channel_name: 'presence-online' })
+      assert.equal(r.headers.cookie, 'theme=dark; uid=5')
+      assert.equal(r.headers.authorization, undefined, 'no token: no Bearer stands in')
+      // the connection is alice everywhere: DM access, sender and profile of her messages
+      assert.equal((await joinAck(s, DM)).ok, true)
+      const m = await send(s, DM, 'from the session')
+      assert.equal(m.userId, 5)
+      assert.equal(m.username, ALICE.username)
+      assert.equal(m.fullName, ALICE.fullName)
+      assert.equal((await joinAck(s, 'chat-5-12')).ok, true)
+      assertError(await joinAck(s, 'chat-7-12'), 'forbidden', "someone else's DM")
+    })
+  }
+
+  test('a token wins over the cookie: the endpoint is not asked at connect time', async () => {
+    const s = await asUser(12, { cookie: 'uid=5' })
+    const { socketId, userId } = await s.session
+    assert.equal(userId, 12)
+    assert.equal(app.requestsFor((f) => f.socket_id === socketId).length, 0)
+  })
+
+  test('refusals are connect_error "unauthorized: …"; an endpoint failure says "auth endpoint failed"', async () => {
+    for (const [cookie, mode] of [
+      [null, 'ok'],
+      ['uid=99', 'ok'],
+      ['uid=5', 'wrong-signature'],
+      ['uid=5', 'status'],
+    ]) {
+      app.mode = mode
+      const err = await connectError(srv.url, { transports: ['polling'], ...(cookie ? { extraHeaders: { Cookie: cookie } } : {}) })
+      assert.match(err.message, /^unauthorized: /, `${cookie} ${mode}: ${err.message}`)
+      assert.doesNotMatch(err.message, /auth endpoint failed/, `${cookie} ${mode}: ${err.message}`)
+    }
+    app.mode = 'error500'
+    const err = await connectError(srv.url, { transports: ['polling'], extraHeaders: { Cookie: 'uid=5' } })
+    assert.match(err.message, /^unauthorized: auth endpoint failed/)
+    app.mode = 'custom'
+    app.custom = ({ form, sdk }) => [200, sdk.authorizeChannel(form.socket_id, form.channel_name)]
+    const none = await connectError(srv.url, { transports: ['polling'], extraHeaders: { Cookie: 'uid=5' } })
+    assert.match(none.message, /^unauthorized: .*channel_data/, 'no channel_data names nobody')
+  })
+
+  test('ids that are not canonical decimals stay strings; PUSHER_USER_ID_TYPE=string keeps "5"', async () => {
+    app.presenceUserId = (u) => `user-${u.id}`
+    assert.equal((await (await bySession('uid=5')).session).userId, 'user-5')
+    app.presenceUserId = (u) => `0${u.id}`
+    assert.equal((await (await bySession('uid=5')).session).userId, '05')
+    app.reset()
+    const strings = await startServer({ env: { ...pusherEnv({ authEndpoint: app.authUrl }), PUSHER_USER_ID_TYPE: 'string' } })
+    const s = await bySession('uid=5', { url: strings.url })
+    assert.equal((await s.session).userId, '5')
+    const off = await startServer({ env: { ...pusherEnv({ authEndpoint: app.authUrl }), PUSHER_IDENTITY_CHANNEL: '' } })
+    const err = await connectError(off.url, { transports: ['polling'], extraHeaders: { Cookie: 'uid=5' } })
+    assert.equal(err.message, 'unauthorized: missing token')
+    await strings.stop()
+    await off.stop()
+  })
+})
+
+describe('presence in Pusher\'s member shape', () => {
+  test('join ack carries presence { count, ids, hash }; pusher:member_added / member_removed beside user-online', async () => {
+    const room = uniqueRoom('presence-shape')
+    const carol = await bySession('uid=12')
+    const cAck = await joinAck(carol, room)
+    assert.deepEqual(cAck.presence, {
+      count: 1,
+      ids: ['12'],
+      hash: { 12: { username: CAROL.username, fullName: CAROL.fullName } },
+    })
+    const alice = await bySession('uid=5')
+    const added = waitFor(carol, 'pusher:member_added', (e) => e.roomId === room)
+    const online = waitFor(carol, 'user-online', (e) => e.roomId === room && e.online)
+    const selfNone = expectNone(alice, 'pusher:member_added', 600, (e) => e.roomId === room)
+    const aAck = await joinAck(alice, room)
+    assert.equal(aAck.presence.count, 2)
+    assert.deepEqual([...aAck.presence.ids].sort(), ['12', '5'])
+    assert.deepEqual(aAck.presence.hash['5'], { username: ALICE.username, fullName: ALICE.fullName })
+    assert.deepEqual(await added, { roomId: room, id: '5', info: { username: ALICE.username, fullName: ALICE.fullName } })
+    assert.equal((await online).userId, 5)
+    await selfNone
+
+    // a second tab adds nobody; the last socket out removes alice
+    const tab = await bySession('uid=5')
+    const quiet = expectNone(carol, 'pusher:member_added', 600, (e) => e.roomId === room)
+    await join(tab, room)
+    await quiet
+    const stillThere = expectNone(carol, 'pusher:member_removed', 600, (e) => e.roomId === room)
+    alice.close()
+    await stillThere
+    const removed = waitFor(carol, 'pusher:member_removed', (e) => e.roomId === room, 3000)
+    tab.close()
+    assert.deepEqual(await removed, { roomId: room, id: '5', info: { username: ALICE.username, fullName: ALICE.fullName } })
+  })
+
+  test('ordinary and private rooms have no presence field and no pusher:member_* events', async () => {
+    const carol = await bySession('uid=12')
+    const alice = await bySession('uid=5')
+    assert.equal('presence' in (await joinAck(carol, DM)), false)
+    const none = expectNone(carol, 'pusher:member_added', 600)
+    const ack = await joinAck(alice, DM)
+    assert.equal(ack.ok, true)
+    assert.equal('presence' in ack, false)
+    await none
+  })
+})
+
+describe('stored triggers from the legacy backend (real pusher SDK)', () => {
+  /** What the legacy /api/pusher/message route triggers for alice: her browser's message plus session fields. */
+  const legacyMessage = (text) => ({
+    id: `temp-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`,
+    message: text,
+    type: 'message',
+    timestamp: Date.now(),
+    userId: ALICE.id,
+    username: ALICE.username,
+    fullName: ALICE.fullName,
+  })
+
+  test('pusher.trigger(new-message, {socket_id}) is stored, reaches the others but not the excluded socket, once', async () => {
+    const alice = await bySession('uid=5')
+    const carol = await bySession('uid=12')
+    const { socketId } = await alice.session
+    await join(alice, DM)
+    await join(carol, DM)
+    const data = legacyMessage('stored by the backend')
+    const got = waitFor(carol, 'new-message', (m) => m.clientId === data.id)
+    const notMe = expectNone(alice, 'new-message', 800, (m) => m.clientId === data.id)
+    const pusher = pusherFor(srv)
+    const res = await sdkCall(pusher.trigger(DM, 'new-message', data, { socket_id: socketId }))
+    assert.equal(res.status, 200, res.text)
+    const m = await got
+    assert.ok(/^[1-9]\d*$/.test(m.id), `server id, got ${JSON.stringify(m)}`)
+    assert.equal(m.clientId, data.id)
+    assert.equal(m.roomId, DM)
+    assert.equal(m.userId, 5)
+    assert.equal(m.username, ALICE.username)
+    assert.equal(m.fullName, ALICE.fullName)
+    assert.equal(m.message, 'stored by the backend')
+    assert.equal(m.type, 'message')
+    assert.equal(typeof m.timestamp, 'number')
+    await notMe
+
+    // the backend retries the same trigger: nothing new is stored or sent
+    const again = expectNone(carol, 'new-message', 800, (x) => x.clientId === data.id)
+    assert.equal((await sdkCall(pusher.trigger(DM, 'new-message', data, { socket_id: socketId }))).status, 200)
+    await again
+
+    // stored: in join-room history and GET …/messages, once, with the server id
+    const later = await bySession('uid=12')
+    const hist = (await joinAck(later, DM)).history.filter((x) => x.clientId === data.id)
+    assert.deepEqual(hist.map((x) => x.id), [m.id])
+    const url = `${srv.url}/api/rooms/${encodeURIComponent(DM)}/messages`
+    const page = await http(url, { token: userToken(12), headers: { cookie: 'uid=12' } })
+    assert.equal(page.status, 200, page.text)
+    const rows = page.body.messages.filter((x) => x.clientId === data.id)
+    assert.equal(rows.length, 1, page.text)
+    assert.equal(rows[0].id, m.id)
+    assert.equal(rows[0].userId, 5)
+  })
+
+  test('invalid stored data -> 400 and nothing delivered; other event names are relayed unstored', async () => {
+    const carol = await bySession('uid=12')
+    await join(carol, DM)
+    const pusher = pusherFor(srv)
+    const none = expectNone(carol, 'new-message', 800)
+    const noSender = { ...legacyMessage('x'), userId: undefined }
+    for (const bad of [noSender, { ...legacyMessage(''), message: '' }, { ...legacyMessage('x'), type: 'video' }, 'plain text']) {
+      const res = await sdkCall(pusher.trigger(DM, 'new-message', bad))
+      assert.equal(res.status, 400, `${JSON.stringify(bad)}: ${res.status} ${res.text}`)
+    }
+    await none
+    const typing = waitFor(carol, 'typing', (e) => e.userId === 5)
+    assert.equal((await sdkCall(pusher.trigger(DM, 'typing', { userId: 5, isTyping: true }))).status, 200)
+    assert.deepEqual(await typing, { userId: 5, isTyping: true })
+  })
+})
+
+describe('cross-site: join-room with the auth answer the browser fetched itself', () => {
+  /** What pusher-js's authorizer does in the browser: POST the app's own route with its cookie. */
+  async function fetchAuth(cookie, socketId, channel) {
+    const r = await http(app.authUrl, {
+      method: 'POST',
+      headers: { cookie, 'content-type': 'application/x-www-form-urlencoded' },
+      raw: new URLSearchParams({ socket_id: socketId, channel_name: channel }).toString(),
+    })
+    return r
+  }
+
+  test('no PUSHER_AUTH_ENDPOINT: { roomId, auth, channel_data } from the real SDK admits, checked against this socket id', async () => {
+    const cross = await startServer({ env: pusherEnv() })
+    const alice = await asUser(5, { url: cross.url, cookie: null })
+    const carol = await asUser(12, { url: cross.url, cookie: null })
+    const { socketId } = await alice.session
+    const room = uniqueRoom('presence-cross')
+
+    const answer = await fetchAuth('uid=5', socketId, room)
+    assert.equal(answer.status, 200, answer.text)
+    const cSid = (await carol.session).socketId
+    const cAnswer = (await fetchAuth('uid=12', cSid, room)).body
+    assert.equal((await emitAck(carol, 'join-room', { roomId: room, ...cAnswer }, JOIN_MS)).ok, true)
+    const added = waitFor(carol, 'pusher:member_added', (e) => e.roomId === room)
+    const ack = await emitAck(alice, 'join-room', { roomId: room, ...answer.body }, JOIN_MS)
+    assert.equal(ack.ok, true, JSON.stringify(ack))
+    assert.deepEqual(byUserId(ack.members), byUserId([carolMember, aliceMember]))
+    assert.equal((await added).id, '5')
+
+    const dm = (await fetchAuth('uid=5', socketId, DM)).body
+    assert.equal((await emitAck(alice, 'join-room', { roomId: DM, ...dm }, JOIN_MS)).ok, true)
+    // replayed by another socket, or for another room: refused
+    assertError(await emitAck(carol, 'join-room', { roomId: DM, ...dm }, JOIN_MS), 'forbidden', 'another socket id')
+    assertError(await emitAck(alice, 'join-room', { roomId: 'private-chat-5-7', ...dm }, JOIN_MS), 'forbidden', 'another channel')
+    assertError(await joinAck(alice, 'private-chat-5-7'), 'forbidden', 'no auth, no endpoint')
+    assertError(await emitAck(alice, 'join-room', { roomId: DM, auth: 42 }), 'invalid_payload', 'auth not a string')
+    assert.equal(app.requests.length, 3, 'only the browser asked the app, never the server')
+    await cross.stop()
   })
 })

@@ -161,7 +161,7 @@ describe('trigger', () => {
     await none
   })
 
-  test("the legacy app's call: trigger('private-chat-5-12', 'new-message', message, { socket_id })", async () => {
+  test("the legacy app's call: trigger('private-chat-5-12', 'new-message', message, { socket_id }) is stored, then sent as stored", async () => {
     const DM = 'private-chat-5-12'
     const a1 = await asUser(5)
     const a2 = await asUser(5)
@@ -178,13 +178,26 @@ describe('trigger', () => {
       username: 'alice',
       fullName: 'Alice Martin',
     }
-    const gc = waitFor(carol, 'new-message', (m) => m.id === message.id)
-    const g2 = waitFor(a2, 'new-message', (m) => m.id === message.id)
+    // PUSHER_STORED_EVENTS defaults to new-message: what goes out is the stored message
+    const gc = waitFor(carol, 'new-message', (m) => m.clientId === message.id)
+    const g2 = waitFor(a2, 'new-message', (m) => m.clientId === message.id)
     const none = expectNone(a1, 'new-message', 800)
     const r = await sdkCall(pusher.trigger(DM, 'new-message', message, socketId ? { socket_id: socketId } : undefined))
     ok200(r, 'legacy trigger')
-    assert.deepEqual(await gc, message)
-    assert.deepEqual(await g2, message)
+    const stored = await gc
+    const { id, timestamp, ...rest } = stored
+    assert.match(id, /^[1-9]\d*$/)
+    assert.equal(typeof timestamp, 'number')
+    assert.deepEqual(rest, {
+      roomId: DM,
+      userId: 5,
+      username: 'alice',
+      fullName: 'Alice Martin',
+      clientId: message.id,
+      message: 'hi carol',
+      type: 'message',
+    })
+    assert.deepEqual(await g2, stored)
     await none
   })
 

@@ -4,7 +4,7 @@
 use crate::{
     domain::{Identity, Member, RoomId, RoomKind},
     error::ChatError,
-    pusher::{AuthShim, Forwarded, auth_shim::ShimError},
+    pusher::{AuthShim, ChannelAuth, Forwarded, PresentedAuth, auth_shim::ShimError},
     store::Store,
 };
 
@@ -67,5 +67,29 @@ pub async fn admit(
                 Err(e) => Err(ChatError::Forbidden(e.to_string())),
             }
         }
+    }
+}
+
+/// Admission to a `private-`/`presence-` room by an auth endpoint answer the
+/// browser fetched itself for this socket (cross-site, where the server
+/// cannot send the app's cookies): checked with the app secret, nobody asked.
+pub fn admit_presented(
+    signed: Option<&ChannelAuth>,
+    who: Seeker<'_>,
+    room: &RoomId,
+    presented: &PresentedAuth,
+) -> Result<Member, ChatError> {
+    let signed = signed.ok_or_else(|| {
+        ChatError::Forbidden("a presented auth needs PUSHER_KEY and PUSHER_SECRET, which are not configured".into())
+    })?;
+    match signed.check(
+        who.socket_id,
+        room.as_str(),
+        &presented.auth,
+        presented.channel_data.as_deref(),
+    ) {
+        Ok(Some(member)) => Ok(member),
+        Ok(None) => Ok(Member::from_identity(who.identity)),
+        Err(e) => Err(ChatError::Forbidden(e.to_string())),
     }
 }

@@ -14,14 +14,14 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    auth::TokenVerifier,
+    auth::{AuthError, TokenVerifier},
     broadcast::{Audience, Broadcaster},
     clock,
     cluster::Redis,
     domain::{Draft, Identity, Member, RoomId, RoomKind, StoredMessage},
     error::ChatError,
     metrics::Metrics,
-    pusher::{AuthShim, Forwarded},
+    pusher::{AuthShim, ChannelAuth, Forwarded, PresentedAuth, auth_shim::ShimError},
     ratelimit::RateLimit,
     store::{Appended, NewMessage, Page, PageQuery, Store},
 };
@@ -99,6 +99,10 @@ pub struct Chat {
     pub redis: Option<Redis>,
     presence: Arc<dyn Presence>,
     shim: Option<AuthShim>,
+    /// Checks auth endpoint answers a browser presents (with Pusher credentials).
+    signed: Option<ChannelAuth>,
+    /// Presence channel that identifies connections without a token.
+    identity_channel: Option<String>,
     typing: Arc<Typing>,
     broadcaster: Broadcaster,
     limiter: RateLimit,
@@ -117,6 +121,8 @@ pub struct ChatParts {
     pub redis: Option<Redis>,
     pub presence: Arc<dyn Presence>,
     pub shim: Option<AuthShim>,
+    pub signed: Option<ChannelAuth>,
+    pub identity_channel: Option<String>,
     pub broadcaster: Broadcaster,
     pub limiter: RateLimit,
     pub typing: Typing,
@@ -135,6 +141,8 @@ impl Chat {
             redis: p.redis,
             presence: p.presence,
             shim: p.shim,
+            signed: p.signed,
+            identity_channel: p.identity_channel,
             typing: Arc::new(p.typing),
             broadcaster: p.broadcaster,
             limiter: p.limiter,
@@ -221,6 +229,37 @@ impl Chat {
     /// Admission for `identity` to `room`; the member as the room shows them.
     pub async fn admit(&self, who: Seeker<'_>, room: &RoomId) -> Result<Member, ChatError> {
         access::admit(self.store.as_ref(), self.shim.as_ref(), who, room).await
+    }
+
+    /// Who a connection without a token is, by the app's own session: the auth
+    /// endpoint is asked about the identity channel for `socket_id`. Without an
+    /// endpoint or an identity channel a token is simply missing.
+    pub async fn identify(&self, socket_id: &str, forwarded: &Forwarded) -> Result<Identity, AuthError> {
+        let (Some(shim), Some(channel)) = (&self.shim, &self.identity_channel) else {
+            return Err(AuthError::Missing);
+        };
+        shim.identify(socket_id, channel, forwarded).await.map_err(|e| {
+            if matches!(e, ShimError::Failed(_)) {
+                tracing::warn!(error = %e, "Pusher auth endpoint failed at connect time");
+            }
+            AuthError::Session(e.to_string())
+        })
+    }
+
+    /// Admission as [`Chat::admit`], except that a `private-`/`presence-` room
+    /// with an auth answer the browser `presented` is decided by that answer.
+    pub async fn admit_presented(
+        &self,
+        who: Seeker<'_>,
+        room: &RoomId,
+        presented: Option<&PresentedAuth>,
+    ) -> Result<Member, ChatError> {
+        match (presented, room.kind()) {
+            (Some(p), RoomKind::Private | RoomKind::Presence) => {
+                access::admit_presented(self.signed.as_ref(), who, room, p)
+            }
+            _ => self.admit(who, room).await,
+        }
     }
 
     /// Occupancy of one room: distinct users and sockets.
@@ -335,6 +374,29 @@ impl Chat {
     /// Stores the message (before anyone hears of it), then broadcasts it to
     /// every socket in the room. A retry returns the stored original unannounced.
     pub async fn send(&self, identity: &Identity, room: &RoomId, draft: Draft) -> Result<Appended, ChatError> {
+        self.store_and_announce(identity, room, draft, None).await
+    }
+
+    /// A message the app's backend triggered through the Pusher HTTP API on the
+    /// sender's behalf (the backend is trusted for `sender`): stored and announced
+    /// exactly as [`Chat::send`], except to the socket the trigger excludes.
+    pub async fn send_triggered(
+        &self,
+        sender: &Identity,
+        room: &RoomId,
+        draft: Draft,
+        except_socket: Option<&str>,
+    ) -> Result<Appended, ChatError> {
+        self.store_and_announce(sender, room, draft, except_socket).await
+    }
+
+    async fn store_and_announce(
+        &self,
+        identity: &Identity,
+        room: &RoomId,
+        draft: Draft,
+        except_socket: Option<&str>,
+    ) -> Result<Appended, ChatError> {
         if let (Some(target), RoomKind::Direct { a, b }) = (&draft.target_id, room.kind())
             && *target != a
             && *target != b
@@ -365,7 +427,7 @@ impl Chat {
                 self.announce_typing(room, identity, false).await;
             }
             self.broadcaster
-                .emit_message(Audience::room(room), &appended.message)
+                .emit_message(Audience::room(room).except_socket(except_socket), &appended.message)
                 .await;
         }
         Ok(appended)
@@ -396,6 +458,10 @@ impl Chat {
         self.announce_typing(room, identity, true).await;
     }
 
+    /// `user-online`, and in presence rooms Pusher's `pusher:member_added` /
+    /// `pusher:member_removed` to the same audience, for hooks that kept their
+    /// pusher-js handlers. Every first-in / last-out path (join, leave, eviction,
+    /// a dead node's users) comes through here, so the pair always goes together.
     async fn announce_online(&self, audience: Audience<'_>, member: &Member, online: bool) {
         let room = audience.room;
         self.broadcaster
@@ -405,6 +471,20 @@ impl Chat {
                 &json!({ "roomId": room, "userId": member.user, "online": online }),
             )
             .await;
+        if room.kind() == RoomKind::Presence {
+            let event = if online {
+                "pusher:member_added"
+            } else {
+                "pusher:member_removed"
+            };
+            self.broadcaster
+                .emit(
+                    audience,
+                    event,
+                    &json!({ "roomId": room, "id": member.key(), "info": member.info }),
+                )
+                .await;
+        }
     }
 
     async fn announce_typing(&self, room: &RoomId, identity: &Identity, is_typing: bool) {
@@ -457,15 +537,29 @@ fn cap_bytes(mut page: Page, forward: bool, max: usize) -> Page {
     page
 }
 
-/// The `join-room` ack body.
+/// The `join-room` ack body; presence rooms add Pusher's member set.
 pub fn join_reply(room: &RoomId, members: &[Member], page: &Page) -> Value {
-    json!({
+    let mut reply = json!({
         "ok": true,
         "roomId": room,
         "members": members,
         "history": page.messages,
         "hasMore": page.has_more,
-    })
+    });
+    if room.kind() == RoomKind::Presence {
+        reply["presence"] = presence_of(members);
+    }
+    reply
+}
+
+/// Pusher's `pusher:subscription_succeeded` data: `{ count, ids, hash }`, ids as strings.
+fn presence_of(members: &[Member]) -> Value {
+    let ids: Vec<&str> = members.iter().map(Member::key).collect();
+    let hash: serde_json::Map<String, Value> = members
+        .iter()
+        .map(|m| (m.key().to_owned(), Value::Object(m.info.clone())))
+        .collect();
+    json!({ "count": members.len(), "ids": ids, "hash": hash })
 }
 
 pub fn message_reply(message: &StoredMessage) -> Value {

@@ -273,3 +273,39 @@ mod tests {
         assert_eq!(RoomId::direct("12", "5").map(|r| r.to_string()), Ok("chat-5-12".into()));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::error::ChatError;
+
+    proptest! {
+        /// Any string: parsed or refused with `invalid_room`, never a panic;
+        /// what parses is exactly the input and has a kind.
+        #[test]
+        fn any_string_parses_or_is_an_invalid_room(raw in "\\PC{0,170}|[A-Za-z0-9_=@,.;:-]{1,170}|chat-[0-9a-z]{0,4}-[0-9a-z]{0,4}") {
+            match RoomId::parse(&raw) {
+                Ok(room) => {
+                    prop_assert_eq!(room.as_str(), raw.as_str());
+                    prop_assert_eq!(room.kind_checked(), Ok(room.kind()));
+                }
+                Err(e) => prop_assert_eq!(ChatError::from(e).code(), "invalid_room"),
+            }
+        }
+
+        /// Every pair of user ids has exactly one direct room, whichever way round.
+        #[test]
+        fn a_pair_has_one_direct_room(a in "[0-9]{1,6}|[a-z0-9_]{1,6}", b in "[0-9]{1,6}|[a-z0-9_]{1,6}") {
+            let one = RoomId::direct(&a, &b).expect("canonical");
+            let other = RoomId::direct(&b, &a).expect("canonical");
+            prop_assert_eq!(&one, &other);
+            prop_assert!(RoomId::parse(one.as_str()).is_ok());
+            let swapped = format!("chat-{b}-{a}");
+            if swapped != one.as_str() {
+                prop_assert!(RoomId::parse(&swapped).is_err(), "{} and {} both accepted", swapped, one);
+            }
+        }
+    }
+}

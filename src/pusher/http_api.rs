@@ -1,6 +1,8 @@
 //! The Pusher HTTP API, signed and answered as Pusher Channels does, so the
 //! official server SDKs work when pointed at this host; plus the signed group
-//! membership routes. Every route passes the signature check first.
+//! membership routes. Every route passes the signature check first. Triggers
+//! of the configured stored events (`new-message`) are chat messages the app's
+//! backend relays: they are stored like a sent message before they go out.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -17,7 +19,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::signing::{Credentials, body_md5, string_to_sign};
-use crate::{broadcast::Audience, chat::Chat, domain::RoomId};
+use crate::{
+    broadcast::Audience,
+    chat::Chat,
+    domain::{Draft, Identity, Profile, RoomId, UserId},
+};
 
 /// Largest request body (Pusher's limit).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -66,12 +72,15 @@ impl From<crate::error::ChatError> for ApiError {
 struct Api {
     chat: Arc<Chat>,
     credentials: Arc<Credentials>,
+    /// Event names stored as chat messages (PUSHER_STORED_EVENTS).
+    stored: Arc<[String]>,
 }
 
-pub fn router(chat: Arc<Chat>, credentials: Credentials) -> Router {
+pub fn router(chat: Arc<Chat>, credentials: Credentials, stored_events: Vec<String>) -> Router {
     let api = Api {
         chat,
         credentials: Arc::new(credentials),
+        stored: stored_events.into(),
     };
     Router::new()
         .route("/apps/{app_id}/events", post(trigger))
@@ -190,9 +199,54 @@ struct Checked {
     rooms: Vec<RoomId>,
     socket_id: Option<String>,
     info: Vec<String>,
+    /// Set for a stored event: the message it carries, validated.
+    message: Option<Triggered>,
 }
 
-fn check(event: Event) -> Result<Checked, ApiError> {
+/// A chat message the backend triggered: the sender it names and the message.
+struct Triggered {
+    sender: Identity,
+    draft: Draft,
+}
+
+/// Reads a stored event's `data`, the legacy hook's ChatMessage
+/// `{ id, userId, username?, fullName?, avatar?, message, type?, media?, audio? }`.
+/// The backend is trusted for the sender; the message is validated as
+/// `send-message` validates it, with `id` as its clientId (retries store once).
+fn triggered(name: &str, data: &Value) -> Result<Triggered, ApiError> {
+    let bad = |why: String| ApiError::BadRequest(format!("Invalid data for the stored event {name:?}: {why}"));
+    let Value::Object(fields) = data else {
+        return Err(bad("it must be a JSON object (a chat message)".into()));
+    };
+    let user = fields
+        .get("userId")
+        .and_then(UserId::from_json)
+        .ok_or_else(|| bad("userId is required: a number or a non-empty string".into()))?;
+    // The legacy shape nests the message under `data`, its `id` being the clientId.
+    let draft = Draft::parse(&json!({ "data": data }), Some("")).map_err(|e| bad(e.to_string()))?;
+    if draft.client_id.is_none() {
+        return Err(bad("id is required: the sender's message id, kept as clientId".into()));
+    }
+    let text = |key: &str| {
+        fields
+            .get(key)
+            .and_then(Value::as_str)
+            // Stored beside the message; Postgres text cannot hold NUL.
+            .map(|s| s.replace('\0', ""))
+    };
+    let sender = Identity {
+        user,
+        profile: Profile {
+            username: text("username"),
+            full_name: text("fullName"),
+            avatar: text("avatar"),
+        },
+        token: "".into(),
+    };
+    Ok(Triggered { sender, draft })
+}
+
+fn check(event: Event, stored: &[String]) -> Result<Checked, ApiError> {
     if event.name.is_empty() || event.name.len() > 200 {
         return Err(ApiError::BadRequest("Event name must be 1-200 characters".into()));
     }
@@ -230,6 +284,10 @@ fn check(event: Event) -> Result<Checked, ApiError> {
         Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::String(s)),
         other => other,
     };
+    let message = stored
+        .contains(&event.name)
+        .then(|| triggered(&event.name, &payload))
+        .transpose()?;
     let info = event
         .info
         .map(|i| {
@@ -245,6 +303,7 @@ fn check(event: Event) -> Result<Checked, ApiError> {
         rooms,
         socket_id: event.socket_id,
         info,
+        message,
     })
 }
 
@@ -259,15 +318,21 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 }
 
 /// Delivers a checked event and returns the requested channel info, if any.
+/// A stored event is stored in each room first, and what goes out is the
+/// stored message (none when an earlier identical trigger stored it already).
 async fn deliver(chat: &Chat, event: &Checked) -> Result<Option<Map<String, Value>>, ApiError> {
+    let except = event.socket_id.as_deref();
     for room in &event.rooms {
-        chat.broadcaster()
-            .emit(
-                Audience::room(room).except_socket(event.socket_id.as_deref()),
-                &event.name,
-                &event.payload,
-            )
-            .await;
+        match &event.message {
+            Some(m) => {
+                chat.send_triggered(&m.sender, room, m.draft.clone(), except).await?;
+            }
+            None => {
+                chat.broadcaster()
+                    .emit(Audience::room(room).except_socket(except), &event.name, &event.payload)
+                    .await;
+            }
+        }
     }
     if event.info.is_empty() {
         return Ok(None);
@@ -292,7 +357,7 @@ async fn channel_info(chat: &Chat, room: &RoomId, info: &[String]) -> Result<Val
 }
 
 async fn trigger(State(api): State<Api>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let event = check(parse_json::<Event>(&body)?)?;
+    let event = check(parse_json::<Event>(&body)?, &api.stored)?;
     let info = deliver(&api.chat, &event).await?;
     Ok(Json(match info {
         Some(channels) => json!({ "channels": channels }),
@@ -314,7 +379,10 @@ async fn trigger_batch(State(api): State<Api>, body: Bytes) -> Result<Json<Value
         )));
     }
     // Check everything before delivering anything: a bad batch delivers nothing.
-    let checked = batch.into_iter().map(check).collect::<Result<Vec<_>, _>>()?;
+    let checked = batch
+        .into_iter()
+        .map(|e| check(e, &api.stored))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut infos = Vec::new();
     let mut any_info = false;
     for event in &checked {
@@ -531,7 +599,7 @@ mod tests {
 
     #[test]
     fn checks_pusher_limits() {
-        let event = |v: Value| check(serde_json::from_value(v).expect("event"));
+        let event = |v: Value| check(serde_json::from_value(v).expect("event"), &[]);
         assert!(event(json!({"name": "e", "data": "{}", "channels": ["a"]})).is_ok());
         let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
         assert!(matches!(
@@ -555,5 +623,120 @@ mod tests {
         assert_eq!(parsed.payload, json!({"a": 1}));
         let plain = event(json!({"name": "e", "data": "hello", "channel": "a"})).expect("ok");
         assert_eq!(plain.payload, json!("hello"));
+    }
+
+    #[test]
+    fn stored_events_carry_a_valid_legacy_message() {
+        let stored = ["new-message".to_owned()];
+        let event = |data: Value| {
+            check(
+                serde_json::from_value(json!({"name": "new-message", "channel": "private-chat-5-12", "data": data}))
+                    .expect("event"),
+                &stored,
+            )
+        };
+        let ok = event(json!({"id": "temp-1", "userId": 5, "username": "alice", "fullName": "Alice", "message": "hi"}))
+            .expect("valid");
+        let m = ok.message.expect("stored");
+        assert_eq!(m.sender.user.json(), &json!(5));
+        assert_eq!(m.sender.profile.full_name.as_deref(), Some("Alice"));
+        assert_eq!(m.draft.client_id.as_deref(), Some("temp-1"));
+        assert_eq!(m.draft.text, "hi");
+        let as_string =
+            json!({"id": 7, "userId": "u-5", "message": "", "type": "image", "media": "https://x.test/a.png"});
+        let m = event(Value::String(as_string.to_string()))
+            .expect("a JSON string")
+            .message
+            .expect("stored");
+        assert_eq!(m.draft.client_id.as_deref(), Some("7"));
+        assert_eq!(m.sender.user.json(), &json!("u-5"));
+        for bad in [
+            json!("hello"),
+            json!([1]),
+            json!({"id": "t", "message": "no sender"}),
+            json!({"id": "t", "userId": 1.5, "message": "x"}),
+            json!({"userId": 5, "message": "no id"}),
+            json!({"id": "t", "userId": 5, "message": "  "}),
+            json!({"id": "t", "userId": 5, "message": "x", "type": "video"}),
+            json!({"id": "t", "userId": 5, "message": "", "media": "javascript:alert(1)"}),
+        ] {
+            assert!(matches!(event(bad.clone()), Err(ApiError::BadRequest(_))), "{bad}");
+        }
+        let other = check(
+            serde_json::from_value(json!({"name": "typing", "channel": "a", "data": "x"})).expect("event"),
+            &stored,
+        )
+        .expect("relayed");
+        assert!(other.message.is_none(), "other names are only relayed");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials::new("3", "key", "secret")
+    }
+
+    /// A query string signed like the official SDKs sign it.
+    fn signed_query(method: &str, path: &str, body: &[u8], ts: i64, extra: &[(String, String)]) -> String {
+        let mut params: Vec<(String, String)> = vec![
+            ("auth_key".into(), "key".into()),
+            ("auth_timestamp".into(), ts.to_string()),
+            ("auth_version".into(), "1.0".into()),
+        ];
+        if !body.is_empty() {
+            params.push(("body_md5".into(), body_md5(body)));
+        }
+        params.extend(extra.iter().cloned());
+        let signature = creds().sign(&string_to_sign(method, path, &params));
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        query.append_pair("auth_signature", &signature);
+        query.finish()
+    }
+
+    proptest! {
+        /// Whatever arrives, the verifier answers, and only with 401.
+        #[test]
+        fn any_request_is_verified_or_refused_with_401(
+            query in "\\PC{0,200}|(auth_[a-z_]{1,10}=[^&]{0,30}&?){0,6}",
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            now in any::<i64>(),
+            path in "/apps/[0-9]{1,3}/[a-z_/]{0,20}",
+        ) {
+            if let Err(e) = verify(&creds(), &Method::POST, &path, Some(&query), &body, now) {
+                prop_assert_eq!(e.into_response().status(), StatusCode::UNAUTHORIZED);
+            }
+        }
+
+        /// A request the SDKs would sign passes; the same with its body changed does not.
+        #[test]
+        fn signed_requests_pass_and_tampered_ones_do_not(
+            body in prop::collection::vec(any::<u8>(), 1..64),
+            skew in -600i64..=600,
+            name in "[a-z]{1,8}",
+            value in "\\PC{0,16}",
+        ) {
+            let now = 1_700_000_000;
+            let path = "/apps/3/events";
+            let query = signed_query("POST", path, &body, now + skew, &[(name, value)]);
+            prop_assert!(verify(&creds(), &Method::POST, path, Some(&query), &body, now).is_ok());
+            let mut tampered = body.clone();
+            tampered[0] ^= 1;
+            prop_assert!(verify(&creds(), &Method::POST, path, Some(&query), &tampered, now).is_err());
+        }
+
+        /// Outside the window, whatever the numbers (no overflow lets one through).
+        #[test]
+        fn timestamps_outside_the_window_are_refused(now in any::<i64>(), ts in any::<i64>()) {
+            prop_assume!(now.abs_diff(ts) > 600);
+            let path = "/apps/3/channels";
+            let query = signed_query("GET", path, b"", ts, &[]);
+            prop_assert!(verify(&creds(), &Method::GET, path, Some(&query), b"", now).is_err());
+        }
     }
 }

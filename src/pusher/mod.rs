@@ -6,7 +6,7 @@ pub mod auth_shim;
 pub mod http_api;
 pub mod signing;
 
-pub use auth_shim::{AuthShim, Forwarded};
+pub use auth_shim::{AuthShim, ChannelAuth, Forwarded, PresentedAuth, UserIdType};
 pub use signing::Credentials;
 
 /// A Pusher-format socket id (`\d+\.\d+`), so ids work with Pusher auth and

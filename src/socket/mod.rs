@@ -30,6 +30,8 @@ use payload::{JoinRequest, RoomRequest, TypingRequest, json_size};
 /// event handlers *before* socketioxide confirms the connection: the connect
 /// handler runs as a separate task after the confirmation, so handlers added
 /// there could miss an event the client sends the moment it is connected.
+/// Authentication may await the app's auth endpoint; socketioxide runs each
+/// handshake in its own task, so a slow endpoint holds up only that one.
 ///
 /// Generic over the adapter: one node runs the in-memory adapter, many nodes
 /// the Redis one. The returned value initialises the adapter (Redis subscriptions).
@@ -39,6 +41,9 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, chat: Arc<Chat>) 
         let chat = for_connect.clone();
         async move {
             if let Some(conn) = conn_of(&s) {
+                // Counted once confirmed, so a handshake abandoned while the
+                // auth endpoint was asked never counts (its disconnect never runs).
+                chat.metrics.connections.inc();
                 let session = json!({ "socketId": conn.socket_id, "userId": conn.identity.user });
                 chat.broadcaster().send(&s, "session", &session);
             }
@@ -49,7 +54,7 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, chat: Arc<Chat>) 
         let chat = chat.clone();
         async move {
             let auth = auth.ok();
-            match authenticate(&s, auth.as_ref(), &chat) {
+            match authenticate(&s, auth.as_ref(), &chat).await {
                 Ok(conn) => {
                     attach(&s, &chat, &conn);
                     recovery::resume(&s, &chat, &conn, auth.as_ref()).await;
@@ -66,19 +71,40 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, chat: Arc<Chat>) 
     io.ns("/", on_connect.with(authenticate))
 }
 
+/// A JWT wins when one is given; without one the app's own session (its
+/// cookies, through the Pusher auth endpoint) says who the connection is.
+/// Nothing is attached to the socket until the identity is known, and nothing
+/// borrowed from the socket is held across the endpoint's await.
+async fn authenticate<A: Adapter>(s: &SocketRef<A>, auth: Option<&Value>, chat: &Chat) -> Result<Arc<Conn>, AuthError> {
+    let (token, forwarded) = {
+        let parts = s.req_parts();
+        (token_of(parts, auth)?, Forwarded::from_headers(&parts.headers))
+    };
+    // The session is vouched for this very socket id, so it is the connection's.
+    let socket_id = new_socket_id();
+    let identity = match token {
+        Some(token) => chat.verifier.verify(&token)?,
+        None => chat.identify(&socket_id, &forwarded).await?,
+    };
+    let conn = Arc::new(Conn::new(identity, socket_id, forwarded));
+    s.extensions.insert(conn.clone());
+    Ok(conn)
+}
+
 /// The token comes from `auth.token`, the `token` query parameter, or an
-/// `Authorization: Bearer` header, in that order.
-fn authenticate<A: Adapter>(s: &SocketRef<A>, auth: Option<&Value>, chat: &Chat) -> Result<Arc<Conn>, AuthError> {
-    let parts = s.req_parts();
+/// `Authorization: Bearer` header, in that order; an empty one is no token,
+/// and an `auth.token` that is not a string is refused as such.
+fn token_of(parts: &axum::http::request::Parts, auth: Option<&Value>) -> Result<Option<String>, AuthError> {
+    let given = |t: &str| !t.trim().is_empty();
     let from_auth = match auth.and_then(|a| a.get("token")) {
         None | Some(Value::Null) => None,
-        Some(Value::String(token)) => Some(token.clone()),
+        Some(Value::String(token)) => Some(token.clone()).filter(|t| given(t)),
         Some(_) => return Err(AuthError::NotAString),
     };
     let from_query = || {
         parts.uri.query().and_then(|q| {
             url::form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "token")
+                .find(|(k, v)| k == "token" && given(v))
                 .map(|(_, v)| v.into_owned())
         })
     };
@@ -88,17 +114,10 @@ fn authenticate<A: Adapter>(s: &SocketRef<A>, auth: Option<&Value>, chat: &Chat)
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(crate::http::bearer)
+            .filter(|t| given(t))
             .map(str::to_owned)
     };
-    let token = from_auth
-        .or_else(from_query)
-        .or_else(from_header)
-        .ok_or(AuthError::Missing)?;
-    let identity = chat.verifier.verify(&token)?;
-    let forwarded = Forwarded::from_headers(&parts.headers);
-    let conn = Arc::new(Conn::new(identity, new_socket_id(), forwarded));
-    s.extensions.insert(conn.clone());
-    Ok(conn)
+    Ok(from_auth.or_else(from_query).or_else(from_header))
 }
 
 fn conn_of<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Conn>> {
@@ -133,7 +152,6 @@ async fn enter<A: Adapter>(
 
 /// Joins the socket's internal rooms and registers every client event.
 fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
-    chat.metrics.connections.inc();
     s.join(chat.broadcaster().rooms_of(conn.identity.user.key(), &conn.socket_id));
 
     on(s, chat, "join-room", |chat, s, conn, data| async move {
@@ -141,7 +159,9 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         let room = RoomId::parse(&req.room)?;
         let fresh = !in_room(&s, &conn, &room);
         if fresh {
-            let member = chat.admit(conn.seeker(), &room).await?;
+            let member = chat
+                .admit_presented(conn.seeker(), &room, req.presented.as_ref())
+                .await?;
             enter(&s, &chat, &conn, &room, member.clone()).await?;
             recovery::joined(&s, &chat, &conn, &room, &member).await;
             // The socket may have gone while we awaited; don't leave a ghost behind.

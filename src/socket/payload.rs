@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::error::ChatError;
+use crate::{error::ChatError, pusher::PresentedAuth};
 
 fn invalid(msg: &str) -> ChatError {
     ChatError::InvalidPayload(msg.to_owned())
@@ -34,10 +34,12 @@ impl RoomRequest {
     }
 }
 
-/// `join-room`: `{ roomId, since? }` or a bare room id.
+/// `join-room`: `{ roomId, since?, auth?, channel_data? }` or a bare room id.
 pub struct JoinRequest {
     pub room: String,
     pub since: Option<i64>,
+    /// An auth endpoint answer the browser fetched itself (cross-site).
+    pub presented: Option<PresentedAuth>,
 }
 
 impl JoinRequest {
@@ -52,9 +54,25 @@ impl JoinRequest {
         if since.is_some_and(|s| s < 0) {
             return Err(invalid("since must be a message id"));
         }
+        let text = |field: &str, msg: &str| match data.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(invalid(msg)),
+        };
+        let auth = text("auth", "auth must be the auth endpoint's auth string")?;
+        let channel_data = text(
+            "channel_data",
+            "channel_data must be the auth endpoint's channel_data string",
+        )?;
+        let presented = match (auth, channel_data) {
+            (Some(auth), channel_data) => Some(PresentedAuth { auth, channel_data }),
+            (None, Some(_)) => return Err(invalid("channel_data comes with auth")),
+            (None, None) => None,
+        };
         Ok(Self {
             room: room_field(data)?,
             since,
+            presented,
         })
     }
 }
@@ -129,5 +147,40 @@ mod tests {
     fn size_matches_serialization() {
         let v = json!({"a": "é", "b": [1, 2, 3]});
         assert_eq!(json_size(&v), serde_json::to_string(&v).map(|s| s.len()).unwrap_or(0));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{Draft, arb};
+
+    /// The codes a payload may be refused with: the contract's, never internal.
+    fn refused_as_the_contract_says(e: &ChatError) -> bool {
+        matches!(e.code(), "invalid_payload" | "too_large")
+    }
+
+    proptest! {
+        #[test]
+        fn event_payloads_parse_or_are_refused_in_the_contracts_shape(data in arb::json()) {
+            if let Err(e) = JoinRequest::parse(&data) {
+                prop_assert!(refused_as_the_contract_says(&e), "{e:?}");
+            }
+            if let Err(e) = RoomRequest::parse(&data) {
+                prop_assert!(refused_as_the_contract_says(&e), "{e:?}");
+            }
+            if let Err(e) = TypingRequest::parse(&data) {
+                prop_assert!(refused_as_the_contract_says(&e), "{e:?}");
+            }
+            if let Err(e) = Draft::parse(&data, None) {
+                prop_assert!(refused_as_the_contract_says(&ChatError::from(e)));
+            }
+            if let Err(e) = Draft::parse(&data, Some("lobby")) {
+                prop_assert!(refused_as_the_contract_says(&ChatError::from(e)));
+            }
+            let _ = json_size(&data);
+        }
     }
 }

@@ -116,7 +116,15 @@ async fn the_shim_asks_the_app_endpoint_with_the_clients_cookie() {
     assert_eq!(body, &format!("socket_id={}&channel_name=private-chat-5-12", socket_id));
 
     let presence = alice.emit("join-room", json!("presence-online")).await;
-    assert_eq!(presence["members"], json!([{ "userId": "5", "name": "user 5" }]));
+    assert_eq!(
+        presence["members"],
+        json!([{ "userId": 5, "name": "user 5" }]),
+        "channel_data's \"5\" is the number 5 (PUSHER_USER_ID_TYPE=auto)"
+    );
+    assert_eq!(
+        presence["presence"],
+        json!({ "count": 1, "ids": ["5"], "hash": { "5": { "name": "user 5" } } })
+    );
 
     let (mut bob, _) = Ws::connect_with_headers(&app, json!({ "token": user(json!(7)) }), &[("Cookie", "uid=7")]).await;
     let refused = bob.emit("join-room", json!("private-chat-5-12")).await;
@@ -328,4 +336,349 @@ async fn terminate_connections_disconnects_every_socket_of_the_user() {
         assert!(tab.wait(|p| matches!(p, Sio::Disconnect)).await.is_some());
     }
     assert_eq!(other.emit("join-room", json!("lobby")).await["ok"], json!(true));
+}
+
+/// The connect answer's error message, or a panic.
+fn refusal(answer: Sio) -> String {
+    match answer {
+        Sio::ConnectError(e) => e["message"].as_str().expect("message").to_owned(),
+        other => panic!("expected connect_error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn without_a_token_the_apps_session_cookie_names_the_user() {
+    let (fake, endpoint) = fake_app().await;
+    let app = spawn(Some(&endpoint)).await;
+    let (mut alice, answer) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=5")]).await;
+    assert!(matches!(answer, Sio::Connect(_)), "{answer:?}");
+    let session = alice.event("session").await;
+    assert_eq!(session["userId"], json!(5), "a number, as the legacy app has it");
+    let socket_id = session["socketId"].as_str().expect("id").to_owned();
+    let seen = fake.seen.lock().expect("lock").clone();
+    let (cookie, authorization, body) = &seen[0];
+    assert_eq!(cookie.as_deref(), Some("uid=5"));
+    assert_eq!(authorization, &None, "no token, so no Bearer stands in");
+    assert_eq!(body, &format!("socket_id={socket_id}&channel_name=presence-online"));
+
+    // The connection is user 5 everywhere: in a direct room, and on its messages.
+    assert_eq!(alice.emit("join-room", json!("chat-5-12")).await["ok"], json!(true));
+    let sent = alice
+        .emit("send-message", json!({ "roomId": "chat-5-12", "message": "hi" }))
+        .await;
+    assert_eq!(sent["message"]["userId"], json!(5));
+    assert_eq!(sent["message"]["fullName"], json!("user 5"), "profile from user_info");
+    assert_eq!(
+        alice.emit("join-room", json!("private-chat-5-12")).await["ok"],
+        json!(true),
+        "later joins ask with the same cookie"
+    );
+
+    // A token wins: the endpoint is not asked at connect time.
+    let before = fake.seen.lock().expect("lock").len();
+    let (mut carol, _) =
+        Ws::connect_with_headers(&app, json!({ "token": user(json!(12)) }), &[("Cookie", "uid=5")]).await;
+    assert_eq!(carol.event("session").await["userId"], json!(12));
+    assert_eq!(fake.seen.lock().expect("lock").len(), before);
+
+    let (_, refused) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=7")]).await;
+    let why = refusal(refused);
+    assert!(why.starts_with("unauthorized: ") && why.contains("403"), "{why}");
+    let (_, refused) = Ws::connect(&app, json!({})).await;
+    assert!(refusal(refused).starts_with("unauthorized: "), "no cookie at all");
+
+    *fake.mode.lock().expect("lock") = Mode::WrongSecret;
+    let (_, refused) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=5")]).await;
+    assert!(refusal(refused).contains("not validly signed"));
+
+    *fake.mode.lock().expect("lock") = Mode::ServerError;
+    let (_, refused) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=5")]).await;
+    let why = refusal(refused);
+    assert!(why.starts_with("unauthorized: auth endpoint failed"), "{why}");
+}
+
+#[tokio::test]
+async fn session_identity_is_off_without_an_endpoint_or_an_identity_channel() {
+    let plain = spawn(None).await;
+    let (_, refused) = Ws::connect_with_headers(&plain, json!({}), &[("Cookie", "uid=5")]).await;
+    assert_eq!(refusal(refused), "unauthorized: missing token");
+
+    let (fake, endpoint) = fake_app().await;
+    let off = spawn_app_with(&[
+        "--pusher-app-id",
+        APP_ID,
+        "--pusher-key",
+        KEY,
+        "--pusher-secret",
+        SECRET,
+        "--pusher-auth-endpoint",
+        &endpoint,
+        "--pusher-identity-channel",
+        "",
+    ])
+    .await;
+    let (_, refused) = Ws::connect_with_headers(&off, json!({}), &[("Cookie", "uid=5")]).await;
+    assert_eq!(refusal(refused), "unauthorized: missing token");
+    assert!(fake.seen.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn presence_rooms_announce_members_in_pushers_shape() {
+    let (_fake, endpoint) = fake_app().await;
+    let app = spawn(Some(&endpoint)).await;
+    let mut carol = Ws::connected(&app, &user(json!(12))).await;
+    let (mut alice, _) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=5")]).await;
+    let (mut carol_tab, _) =
+        Ws::connect_with_headers(&app, json!({ "token": user(json!(12)) }), &[("Cookie", "uid=12")]).await;
+    assert_eq!(
+        carol.emit("join-room", json!("lobby")).await["ok"],
+        json!(true),
+        "ordinary rooms have no Pusher shape"
+    );
+    assert!(carol.emit("join-room", json!("lobby")).await.get("presence").is_none());
+
+    let first = carol_tab.emit("join-room", json!("presence-online")).await;
+    assert_eq!(
+        first["presence"],
+        json!({ "count": 1, "ids": ["12"], "hash": { "12": { "name": "user 12" } } })
+    );
+    let joined = alice.emit("join-room", json!("presence-online")).await;
+    assert_eq!(joined["presence"]["count"], json!(2));
+    assert_eq!(joined["presence"]["ids"], json!(["12", "5"]));
+    assert_eq!(
+        carol_tab.event("user-online").await,
+        json!({ "roomId": "presence-online", "userId": 5, "online": true })
+    );
+    assert_eq!(
+        carol_tab.event("pusher:member_added").await,
+        json!({ "roomId": "presence-online", "id": "5", "info": { "name": "user 5" } })
+    );
+    assert!(
+        alice.none("pusher:member_added", 200).await,
+        "not to the member themself"
+    );
+
+    assert_eq!(
+        alice.emit("leave-room", json!("presence-online")).await["ok"],
+        json!(true)
+    );
+    assert_eq!(
+        carol_tab.event("pusher:member_removed").await,
+        json!({ "roomId": "presence-online", "id": "5", "info": { "name": "user 5" } })
+    );
+    // A disconnect counts too.
+    alice.emit("join-room", json!("presence-online")).await;
+    carol_tab.event("pusher:member_added").await;
+    drop(alice);
+    assert_eq!(carol_tab.event("pusher:member_removed").await["id"], json!("5"));
+    assert!(carol.none("pusher:member_added", 100).await, "not outside the room");
+}
+
+/// The legacy `/api/pusher/message` route's trigger body for a DM from user 5.
+fn legacy_trigger(temp_id: &str, text: &str, socket_id: Option<&str>) -> Value {
+    let data = json!({
+        "id": temp_id, "userId": 5, "username": "alice", "fullName": "Alice Martin",
+        "message": text, "type": "message", "timestamp": "2024-01-01T00:00:00.000Z",
+    });
+    let mut body = json!({ "name": "new-message", "channels": ["private-chat-5-12"], "data": data.to_string() });
+    if let Some(id) = socket_id {
+        body["socket_id"] = json!(id);
+    }
+    body
+}
+
+#[tokio::test]
+async fn stored_triggers_are_stored_once_then_sent_to_the_room_but_the_excluded_socket() {
+    let (_fake, endpoint) = fake_app().await;
+    let app = spawn(Some(&endpoint)).await;
+    let (mut alice, _) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=5")]).await;
+    let (mut carol, _) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=12")]).await;
+    let alice_socket = alice.event("session").await["socketId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for c in [&mut alice, &mut carol] {
+        assert_eq!(c.emit("join-room", json!("private-chat-5-12")).await["ok"], json!(true));
+    }
+
+    let path = format!("/apps/{APP_ID}/events");
+    let body = legacy_trigger("temp-1", "hello carol", Some(&alice_socket));
+    let (status, text) = api(&app, reqwest::Method::POST, &path, body.clone()).await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    let got = carol.event("new-message").await;
+    let id = got["id"].as_str().expect("server id").to_owned();
+    assert!(id.parse::<i64>().is_ok(), "the stored id, not the temp id: {got}");
+    assert_eq!(got["clientId"], json!("temp-1"));
+    assert_eq!(got["roomId"], json!("private-chat-5-12"));
+    assert_eq!(got["userId"], json!(5));
+    assert_eq!(got["username"], json!("alice"));
+    assert_eq!(got["fullName"], json!("Alice Martin"));
+    assert_eq!(got["message"], json!("hello carol"));
+    assert!(got["timestamp"].is_i64(), "server time: {got}");
+    assert!(
+        alice.none("new-message", 200).await,
+        "socket_id excludes the sender's socket"
+    );
+
+    // The backend retries: nothing new is stored or sent.
+    let (status, _) = api(&app, reqwest::Method::POST, &path, body).await;
+    assert_eq!(status, 200);
+    assert!(carol.none("new-message", 300).await, "a retry is not sent again");
+
+    let (mut later, _) = Ws::connect_with_headers(&app, json!({}), &[("Cookie", "uid=12")]).await;
+    let joined = later.emit("join-room", json!("private-chat-5-12")).await;
+    let history = joined["history"].as_array().expect("history");
+    assert_eq!(history.len(), 1, "{joined}");
+    assert_eq!(history[0]["id"], json!(id));
+    let res = app
+        .http
+        .get(app.url("/api/rooms/private-chat-5-12/messages"))
+        .bearer_auth(user(json!(12)))
+        .header("Cookie", "uid=12")
+        .send()
+        .await
+        .expect("request");
+    let page: Value = res.json().await.expect("json");
+    let stored = page["messages"].as_array().expect("messages");
+    assert_eq!(stored.len(), 1, "{page}");
+    assert_eq!(stored[0]["id"], json!(id));
+    assert_eq!(stored[0]["clientId"], json!("temp-1"));
+
+    // Other event names are relayed as they are, and not stored.
+    let typing = json!({ "name": "typing", "channel": "private-chat-5-12", "data": { "userId": 5 } });
+    api(&app, reqwest::Method::POST, &path, typing).await;
+    assert_eq!(carol.event("typing").await, json!({ "userId": 5 }));
+
+    let bad = json!({ "name": "new-message", "channel": "private-chat-5-12", "data": { "id": "t", "message": "x" } });
+    let (status, text) = api(&app, reqwest::Method::POST, &path, bad).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("userId"), "{text}");
+    let batch = json!({ "batch": [
+        legacy_trigger("temp-2", "in a batch", None),
+        { "name": "new-message", "channel": "private-chat-5-12", "data": { "id": "t", "userId": 5, "message": "" } },
+    ] });
+    let (status, _) = api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/apps/{APP_ID}/batch_events"),
+        batch,
+    )
+    .await;
+    assert_eq!(status, 400, "a bad batch stores nothing");
+    assert!(carol.none("new-message", 200).await);
+    let batch = json!({ "batch": [legacy_trigger("temp-2", "in a batch", None)] });
+    let (status, _) = api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/apps/{APP_ID}/batch_events"),
+        batch,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(carol.event("new-message").await["clientId"], json!("temp-2"));
+    assert_eq!(
+        alice.event("new-message").await["clientId"],
+        json!("temp-2"),
+        "no socket_id: all"
+    );
+}
+
+#[tokio::test]
+async fn stored_events_can_be_turned_off() {
+    let app = spawn_app_with(&[
+        "--pusher-app-id",
+        APP_ID,
+        "--pusher-key",
+        KEY,
+        "--pusher-secret",
+        SECRET,
+        "--pusher-stored-events",
+        "",
+    ])
+    .await;
+    let mut carol = Ws::connected(&app, &user(json!(12))).await;
+    carol.emit("join-room", json!("chat-5-12")).await;
+    let body = json!({ "name": "new-message", "channel": "chat-5-12", "data": { "id": "temp-1", "message": "raw" } });
+    let (status, _) = api(&app, reqwest::Method::POST, &format!("/apps/{APP_ID}/events"), body).await;
+    assert_eq!(status, 200, "not validated as a message either");
+    assert_eq!(
+        carol.event("new-message").await,
+        json!({ "id": "temp-1", "message": "raw" })
+    );
+    let history = carol
+        .emit("join-room", json!({ "roomId": "chat-5-12", "since": 0 }))
+        .await;
+    assert_eq!(history["history"], json!([]));
+}
+
+#[tokio::test]
+async fn a_browser_may_present_the_auth_endpoints_answer_itself() {
+    // Cross-site: no auth endpoint configured, only the app's Pusher credentials.
+    let app = spawn(None).await;
+    let creds = Credentials::new(APP_ID, KEY, SECRET);
+    let mut alice = Ws::connected(&app, &user(json!(5))).await;
+    let socket_id = alice.event("session").await["socketId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let data = json!({ "user_id": "5", "user_info": { "username": "alice" } }).to_string();
+    let auth = creds.channel_auth(&socket_id, "presence-online", Some(&data));
+    let joined = alice
+        .emit(
+            "join-room",
+            json!({ "roomId": "presence-online", "auth": auth, "channel_data": data }),
+        )
+        .await;
+    assert_eq!(
+        joined["members"],
+        json!([{ "userId": 5, "username": "alice" }]),
+        "{joined}"
+    );
+    assert_eq!(joined["presence"]["ids"], json!(["5"]));
+
+    let private = creds.channel_auth(&socket_id, "private-chat-5-12", None);
+    let ok = alice
+        .emit("join-room", json!({ "roomId": "private-chat-5-12", "auth": private }))
+        .await;
+    assert_eq!(ok["ok"], json!(true), "{ok}");
+
+    // Signed for another socket, channel or secret: refused.
+    let mut bob = Ws::connected(&app, &user(json!(7))).await;
+    let stolen = bob
+        .emit("join-room", json!({ "roomId": "private-chat-5-12", "auth": private }))
+        .await;
+    assert_eq!(stolen["error"]["code"], json!("forbidden"), "another socket's auth");
+    let other_room = creds.channel_auth(&socket_id, "private-chat-5-7", None);
+    let wrong = alice
+        .emit(
+            "join-room",
+            json!({ "roomId": "private-chat-5-12x", "auth": other_room }),
+        )
+        .await;
+    assert_eq!(wrong["error"]["code"], json!("forbidden"));
+    let forged = Credentials::new(APP_ID, KEY, "other").channel_auth(&socket_id, "private-x", None);
+    let wrong = alice
+        .emit("join-room", json!({ "roomId": "private-x", "auth": forged }))
+        .await;
+    assert_eq!(wrong["error"]["code"], json!("forbidden"));
+    let bad = alice
+        .emit("join-room", json!({ "roomId": "private-x", "auth": 5 }))
+        .await;
+    assert_eq!(bad["error"]["code"], json!("invalid_payload"));
+    // Without an auth, private rooms still need the endpoint.
+    let without = alice.emit("join-room", json!("private-y")).await;
+    assert_eq!(without["error"]["code"], json!("forbidden"));
+
+    // No Pusher credentials at all: nothing to check an auth with.
+    let plain = crate::helpers::spawn_app().await;
+    let mut carol = Ws::connected(&plain, &user(json!(12))).await;
+    let sid = carol.event("session").await["socketId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let auth = creds.channel_auth(&sid, "private-chat-5-12", None);
+    let refused = carol
+        .emit("join-room", json!({ "roomId": "private-chat-5-12", "auth": auth }))
+        .await;
+    assert_eq!(refused["error"]["code"], json!("forbidden"));
 }
