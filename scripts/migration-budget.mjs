@@ -4,7 +4,9 @@
 //! exits 1 when one is over budget, so CI catches a hook that grows back into a rewrite.
 //!
 //! Usage: node scripts/migration-budget.mjs   (LEGACY_APP=/path/to/legacy-pusher-app to override;
-//! the default is the repo's parent's shared/, as CI lays it out)
+//! the default is the repo's parent's shared/, as CI lays it out). `--diff` prints only the
+//! hook's unified diff, as docs/migrating-from-pusher.md shows it (the check below keeps the
+//! guide's copy equal to the real files).
 
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs'
@@ -44,10 +46,15 @@ const over = (what) => failures.push(what)
 // ---- the hook: unified diff against the legacy file ----
 let diff = ''
 try {
-  diff = execFileSync('diff', ['-u', path.join(LEGACY, HOOK), path.join(DEMO, HOOK)], { encoding: 'utf8' })
+  const labels = ['--label', `legacy-pusher-app/${HOOK}`, '--label', `client-demo/${HOOK}`]
+  diff = execFileSync('diff', ['-u', ...labels, path.join(LEGACY, HOOK), path.join(DEMO, HOOK)], { encoding: 'utf8' })
 } catch (err) {
   if (err.status !== 1) throw err // 1 = files differ
   diff = err.stdout
+}
+if (process.argv.includes('--diff')) {
+  process.stdout.write(diff)
+  process.exit(0)
 }
 const body = diff.split('\n').filter((l) => !l.startsWith('+++') && !l.startsWith('---'))
 const added = body.filter((l) => l.startsWith('+'))
@@ -85,6 +92,11 @@ for (const text of removedNotPusher) console.log(`    - ${text.trim()}`)
 console.log(`  removed with the Pusher call around them (its options, its callback's body): ${removedInsidePusherCall.length}`)
 for (const text of removedInsidePusherCall) console.log(`    - ${text.trim()}`)
 if (removedNotPusher.length) over(`${HOOK} removes ${removedNotPusher.length} line(s) that are not Pusher-specific`)
+
+const GUIDE = path.join(ROOT, 'docs', 'migrating-from-pusher.md')
+const guideCurrent = existsSync(GUIDE) && readFileSync(GUIDE, 'utf8').includes(`\`\`\`diff\n${diff}\`\`\``)
+console.log(`  docs/migrating-from-pusher.md shows this diff: ${guideCurrent ? 'yes' : 'NO (paste: node scripts/migration-budget.mjs --diff)'}`)
+if (!guideCurrent) over('the guide does not show the current hook diff')
 
 // ---- files that must not change at all ----
 console.log('byte-identical to the legacy files:')

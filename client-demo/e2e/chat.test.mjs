@@ -145,10 +145,14 @@ async function open(who, user, other) {
   const page = await context.newPage()
   const packets = []
   recordPackets(page, packets)
-  page.on('pageerror', (err) => console.log(`[${who} page error] ${err.message}`))
-  users[who] = { context, page, packets }
+  const consoleLines = []
+  page.on('console', (msg) => consoleLines.push(`${new Date().toISOString()} ${msg.type()}: ${msg.text()}`))
+  page.on('pageerror', (err) => consoleLines.push(`${new Date().toISOString()} page error: ${err.message}`))
+  users[who] = { context, page, packets, consoleLines }
+  const t0 = Date.now()
   await page.goto(`${appUrl}/api/login?uid=${user.id}&with=${other.id}`)
   await eventually(who, 'the chat box, connected', (box) => box.connected)
+  if (process.env.E2E_DEBUG) console.log(`${who} connected in ${Date.now() - t0} ms`, consoleLines)
   return users[who]
 }
 
@@ -196,7 +200,8 @@ function step(name, fn, timeout = 60_000) {
       failed = name
       mkdirSync(SHOTS, { recursive: true })
       const slug = name.replace(/[^a-z0-9]+/gi, '-').toLowerCase()
-      for (const [who, { page }] of Object.entries(users)) {
+      for (const [who, { page, consoleLines }] of Object.entries(users)) {
+        if (consoleLines.length) console.log(`--- ${who}'s browser console ---\n${consoleLines.slice(-30).join('\n')}`)
         const file = path.join(SHOTS, `${slug}-${who}.png`)
         await page.screenshot({ path: file, fullPage: true }).catch(() => {})
         console.log(`screenshot: ${file}`)
