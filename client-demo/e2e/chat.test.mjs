@@ -14,12 +14,13 @@
 
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { after, before, test } from 'node:test'
 import { fileURLToPath } from 'node:url'
+import Pusher from 'pusher'
 import { chromium } from 'playwright-core'
 
 const APP_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -37,6 +38,7 @@ const started = Date.now()
 const work = mkdtempSync(path.join(tmpdir(), 'client-demo-e2e-'))
 const children = []
 let appUrl = ''
+let backend // the app's own server SDK, pointed at switchboard as the app's routes use it
 let browser
 const users = {} // 'alice' | 'carol' -> { context, page, packets }
 const sent = [] // every message text sent, in order; each must show exactly once on both sides
@@ -83,6 +85,18 @@ async function waitHttp(url, what, ms) {
     await sleep(200)
   }
   throw new Error(`${what} did not answer ${url} within ${ms} ms`)
+}
+
+// Whether .next is a build of the current sources for this switchboard URL (then it is reused).
+function builtFor(switchboardUrl) {
+  const manifest = path.join(APP_DIR, '.next', 'routes-manifest.json')
+  const buildId = path.join(APP_DIR, '.next', 'BUILD_ID')
+  if (!existsSync(manifest) || !existsSync(buildId)) return false
+  if (!readFileSync(manifest, 'utf8').includes(`"${switchboardUrl}/socket.io/`)) return false
+  const newest = (p) =>
+    statSync(p).isDirectory() ? Math.max(0, ...readdirSync(p).map((n) => newest(path.join(p, n)))) : statSync(p).mtimeMs
+  const sources = ['src', 'next.config.ts', 'package-lock.json', 'tsconfig.json'].map((p) => path.join(APP_DIR, p))
+  return Math.max(...sources.filter(existsSync).map(newest)) < statSync(buildId).mtimeMs
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -132,6 +146,7 @@ function recordPackets(page, packets) {
   page.on('websocket', (ws) => {
     if (!ws.url().includes('/socket.io/')) return
     ws.on('framereceived', (frame) => typeof frame.payload === 'string' && packets.push(frame.payload))
+    ws.on('close', () => packets.push('(websocket closed)'))
   })
   page.on('response', async (res) => {
     if (!res.url().includes('/socket.io/') || res.request().method() !== 'GET') return
@@ -200,8 +215,9 @@ function step(name, fn, timeout = 60_000) {
       failed = name
       mkdirSync(SHOTS, { recursive: true })
       const slug = name.replace(/[^a-z0-9]+/gi, '-').toLowerCase()
-      for (const [who, { page, consoleLines }] of Object.entries(users)) {
+      for (const [who, { page, consoleLines, packets }] of Object.entries(users)) {
         if (consoleLines.length) console.log(`--- ${who}'s browser console ---\n${consoleLines.slice(-30).join('\n')}`)
+        console.log(`--- ${who}'s last Socket.IO packets ---\n${packets.slice(-15).join('\n').slice(-3000)}`)
         const file = path.join(SHOTS, `${slug}-${who}.png`)
         await page.screenshot({ path: file, fullPage: true }).catch(() => {})
         console.log(`screenshot: ${file}`)
@@ -227,9 +243,7 @@ before(
     const switchboardUrl = `http://127.0.0.1:${sbPort}`
     const nextEnv = { NEXT_TELEMETRY_DISABLED: '1', SWITCHBOARD_URL: switchboardUrl }
 
-    const manifest = path.join(APP_DIR, '.next', 'routes-manifest.json')
-    const builtFor = existsSync(manifest) ? readFileSync(manifest, 'utf8').includes(`"${switchboardUrl}/socket.io/`) : false
-    if (!builtFor) {
+    if (!builtFor(switchboardUrl)) {
       const t0 = Date.now()
       const build = run('next-build', process.execPath, [NEXT_BIN, 'build'], nextEnv, { oneShot: true })
       const code = await new Promise((resolve) => build.on('exit', resolve))
@@ -260,6 +274,14 @@ before(
         if (!child.stopping) console.log(`${child.label} exited early (${code ?? signal}):\n${tail(child.log)}`)
       })
     }
+    backend = new Pusher({
+      appId: PUSHER.PUSHER_APP_ID,
+      key: PUSHER.PUSHER_KEY,
+      secret: PUSHER.PUSHER_SECRET,
+      host: '127.0.0.1',
+      port: String(sbPort),
+      useTLS: false,
+    })
     await waitHttp(`${switchboardUrl}/healthz`, 'switchboard', 20_000)
     await waitHttp(`${appLoopback}/`, 'next start', 30_000)
 
@@ -372,6 +394,16 @@ step('network cut (context offline) then back: the missed messages arrive once, 
   const replayed = carol.packets.filter((p) => p.startsWith('42["new-message"') && p.includes('sent during the outage'))
   assert.equal(replayed.length, 2, `expected the 2 missed messages replayed as new-message; packets: ${JSON.stringify(carol.packets)}`)
 }, 120_000)
+
+step('a server-side disconnect (terminate_connections): the hook reconnects by itself and catches up', async () => {
+  const res = await backend.terminateUserConnections(String(CAROL.id))
+  assert.equal(res.status, 200)
+  await eventually('carol', 'the socket to be cut', (box) => !box.connected, 5000)
+  await send('alice', 'sent while carol was cut off')
+  await eventually('carol', 'reconnected (socket.io-client alone would not)', (box) => box.connected, 15_000)
+  await seesOnce('carol', 'sent while carol was cut off')
+  await eventually('alice', 'carol online', (box) => box.online)
+})
 
 step('no duplicates anywhere, and both sides hold the whole conversation', async () => {
   await users.carol.page.reload()
