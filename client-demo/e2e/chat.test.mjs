@@ -34,6 +34,9 @@ const PUSHER = { PUSHER_APP_ID: '4242', PUSHER_KEY: 'e2e-key', PUSHER_SECRET: 'e
 const ALICE = { id: 5, fullName: 'Alice Martin' }
 const CAROL = { id: 12, fullName: 'Carol Ito' }
 
+const SCRUBBED_ENV =
+  /^(PORT|HOST|DATABASE_URL|JWT_SECRET|JWT_PUBLIC_KEY|REDIS_URL|REDIS_PREFIX|ALLOWED_ORIGINS|SWITCHBOARD_URL|PUSHER_.*|NEXT_PUBLIC_.*|RECOVERY_.*|RATE_LIMIT_.*)$/
+
 const started = Date.now()
 const work = mkdtempSync(path.join(tmpdir(), 'client-demo-e2e-'))
 const children = []
@@ -59,7 +62,9 @@ function freePort() {
 function run(name, cmd, args, env, opts = {}) {
   const log = path.join(work, `${name}.log`)
   const out = createWriteStream(log)
-  const child = spawn(cmd, args, { cwd: APP_DIR, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  // The developer's shell must not configure the servers (a REDIS_URL, another DATABASE_URL…).
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SCRUBBED_ENV.test(k)))
+  const child = spawn(cmd, args, { cwd: APP_DIR, env: { ...inherited, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout.pipe(out)
   child.stderr.pipe(out)
   child.log = log
@@ -258,7 +263,6 @@ before(
       JWT_SECRET: 'e2e-jwt-secret-0123456789abcdef',
       ALLOWED_ORIGINS: appUrl,
       PUSHER_AUTH_ENDPOINT: `${appLoopback}/api/pusher/auth`,
-      REDIS_URL: '',
       RUST_LOG: 'info',
       ...PUSHER,
     })
