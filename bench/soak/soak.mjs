@@ -608,7 +608,9 @@ async function membersSeen(node, probeId, room) {
 const report = { knobs: { ...CFG, faults: [...CFG.faults], bin: undefined, databaseUrl: undefined, work: undefined, out: undefined, pidfile: undefined }, phases: [] }
 const rssSeries = [] // { t, n0, n1 }
 const failures = []
-const windows = [] // { name, from, to }: fault windows, to place missing deliveries in time
+// fault windows, to place missing deliveries in time: from 5 s before the fault
+// (events still in flight between the nodes go down with it) to 10 s after it is over
+const windows = [] // { name, from, to }
 const phase = (name, extra = {}) => {
   log(`== ${name}`)
   report.phases.push({ at_s: Math.round((now() - T0) / 100) / 10, name, ...extra })
@@ -889,7 +891,7 @@ async function main() {
     c.connect(c.home)
   }
   const back1 = await waitUntil(joinedAll, 60000)
-  windows.push({ name: 'kill -9', from: killAt - 2000, to: Math.max(now(), restartedAt + 10000) })
+  windows.push({ name: 'kill -9', from: killAt - 5000, to: Math.max(now(), restartedAt + 10000) })
   phase('clients back on their nodes', { allJoined: !!back1 })
   await sleep(20000)
   memStartNode1b = rssKb(deadNode.proc.pid)
@@ -918,7 +920,7 @@ async function main() {
     allBackAfter_s: back2 ? Math.round((now() - redisDownAt) / 100) / 10 : null,
     readyz: ready,
   }
-  windows.push({ name: 'redis restart', from: redisDownAt - 2000, to: Math.max(now(), redisBackAt + 10000) })
+  windows.push({ name: 'redis restart', from: redisDownAt - 5000, to: Math.max(now(), redisBackAt + 10000) })
   phase('after the redis restart', report.redisRestart)
   if (!back2) failures.push('clients not all back within 90 s of the redis restart')
   }
