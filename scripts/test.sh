@@ -6,6 +6,9 @@
 # third time as a multi-node cluster (SB_TEST_CLUSTER=2: every test's clients
 # spread over two nodes sharing that Postgres and a throwaway redis-server,
 # plus compat-tests/test/cluster.test.mjs) when redis-server is installed too.
+# Last, client-demo (the legacy Next.js app after its move): its migration budget
+# against ../shared/legacy-pusher-app, then the real-browser test (headless Debian
+# Chromium driven by playwright-core, `next build` + `next start`, the release binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -129,3 +132,20 @@ elif [ "${REQUIRE_REDIS:-0}" = 1 ]; then
 else
   echo "== cluster pass skipped (needs both Postgres and redis-server)"
 fi
+
+echo "== client-demo: migration budget against the legacy app (scripts/migration-budget.mjs)"
+node scripts/migration-budget.mjs
+
+echo "== client-demo: real browser (headless Chromium + playwright-core, next build/start, SQLite)"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium (the test never downloads a browser)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "chromium is not installed (apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+(cd client-demo && npm ci --no-audit --no-fund --loglevel=error)
+env -u SB_TEST_REDIS -u SB_TEST_POSTGRES npm --prefix client-demo run e2e

@@ -15,6 +15,11 @@
 //! Connections of other protocols (Pusher WebSocket) register in
 //! [`Subscribers`] and get every room event here too, local or from another
 //! node, with the same exclusions; Socket.IO's own fanout is untouched.
+//!
+//! `new-message` carries one more argument, last: the message id, which is the
+//! offset socket.io-client's connection state recovery keeps and hands back on
+//! a reconnect ([`crate::chat::sessions`]). It is the same for every socket of
+//! the room, so the packet is still encoded once. Other events carry none.
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,7 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     cluster::PubSub,
-    domain::RoomId,
+    domain::{RoomId, StoredMessage},
     metrics::Metrics,
     subscribers::{RoomEvent, Subscribers},
 };
@@ -116,6 +121,10 @@ struct Envelope {
     /// get those through their adapter, the other subscribers through this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     op: Option<Op>,
+    /// The recovery offset sent as the last argument (`new-message` only).
+    /// Absent from an older node's envelopes, and then none is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<String>,
 }
 
 /// A membership operation on the other protocols' connections of every node.
@@ -225,7 +234,7 @@ impl Broadcaster {
     /// Sends `event` to the audience on every node; returns how many of this
     /// node's connections got it.
     pub async fn emit<T: Serialize + ?Sized>(&self, audience: Audience<'_>, event: &str, payload: &T) -> usize {
-        self.emit_from(audience, event, payload, None).await
+        self.emit_inner(audience, event, payload, None, None).await
     }
 
     /// [`Broadcaster::emit`] for a client event: `from_user` is the user who
@@ -236,6 +245,24 @@ impl Broadcaster {
         event: &str,
         payload: &T,
         from_user: Option<&str>,
+    ) -> usize {
+        self.emit_inner(audience, event, payload, from_user, None).await
+    }
+
+    /// Sends a stored message as `new-message`, its id as the last argument
+    /// (the recovery offset), to the audience on every node.
+    pub async fn emit_message(&self, audience: Audience<'_>, message: &StoredMessage) -> usize {
+        self.emit_inner(audience, "new-message", message, None, Some(message.id.to_string()))
+            .await
+    }
+
+    async fn emit_inner<T: Serialize + ?Sized>(
+        &self,
+        audience: Audience<'_>,
+        event: &str,
+        payload: &T,
+        from_user: Option<&str>,
+        offset: Option<String>,
     ) -> usize {
         // JSON once: the other nodes get these bytes as they are, and each node
         // wraps them into one Socket.IO packet for all of its sockets.
@@ -249,7 +276,7 @@ impl Broadcaster {
         let room = audience.room.to_string();
         let except = audience.except_rooms();
         match &self.io {
-            Io::Single(io) => self.deliver_here(io, room, except, event, &payload, from_user),
+            Io::Single(io) => self.deliver_here(io, room, except, event, &payload, from_user, offset.as_deref()),
             Io::Cluster {
                 io,
                 node,
@@ -263,7 +290,15 @@ impl Broadcaster {
                 let turn = order[audience.room.shard(ORDER_STRIPES)]
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let delivered = self.deliver_here(io, room.clone(), except.clone(), event, &payload, from_user);
+                let delivered = self.deliver_here(
+                    io,
+                    room.clone(),
+                    except.clone(),
+                    event,
+                    &payload,
+                    from_user,
+                    offset.as_deref(),
+                );
                 let queued = outbound.try_send(Envelope {
                     node: node.clone(),
                     room,
@@ -272,6 +307,7 @@ impl Broadcaster {
                     payload,
                     from_user: from_user.map(str::to_owned),
                     op: None,
+                    offset,
                 });
                 drop(turn);
                 if queued.is_err() {
@@ -292,11 +328,12 @@ impl Broadcaster {
         event: &str,
         payload: &RawValue,
         from_user: Option<&str>,
+        offset: Option<&str>,
     ) -> usize {
         let others = self
             .subscribers
             .deliver(&RoomEvent::new(&room, event, payload, from_user), &except);
-        let delivered = others + self.deliver_to_sockets(io, room, except, event, payload);
+        let delivered = others + self.deliver_to_sockets(io, room, except, event, payload, offset);
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
     }
@@ -309,13 +346,14 @@ impl Broadcaster {
         except: Vec<String>,
         event: &str,
         payload: &RawValue,
+        offset: Option<&str>,
     ) -> usize {
         let Some(ns) = io.of("/") else {
             return 0;
         };
         let sockets = ns.to(room).except(except).sockets();
         // Encoded once for the whole room; each socket gets the same bytes.
-        let Some(packet) = sockets.first().and_then(|s| encode(s, event, payload)) else {
+        let Some(packet) = sockets.first().and_then(|s| encode(s, event, payload, offset)) else {
             return 0;
         };
         sockets
@@ -352,6 +390,7 @@ impl Broadcaster {
                         &envelope.event,
                         &envelope.payload,
                         envelope.from_user.as_deref(),
+                        envelope.offset.as_deref(),
                     );
                 }
             }
@@ -360,7 +399,15 @@ impl Broadcaster {
 
     /// Sends to one socket of this node; a full buffer disconnects it.
     pub fn send<A: Adapter, T: Serialize + ?Sized>(&self, socket: &SocketRef<A>, event: &str, payload: &T) -> bool {
-        encode(socket, event, payload).is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
+        encode(socket, event, payload, None).is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
+    }
+
+    /// Sends a stored message as `new-message` to one socket of this node,
+    /// with its offset, as [`Broadcaster::emit_message`] does (recovery replays).
+    pub fn send_message<A: Adapter>(&self, socket: &SocketRef<A>, message: &StoredMessage) -> bool {
+        let offset = message.id.to_string();
+        encode(socket, "new-message", message, Some(&offset))
+            .is_some_and(|packet| self.sent(socket, socket.send_encoded(packet)))
     }
 
     /// An acknowledgement that could not be queued: past the socket's buffer,
@@ -427,6 +474,7 @@ impl Broadcaster {
             payload: RawValue::NULL.to_owned(),
             from_user: None,
             op: Some(op),
+            offset: None,
         };
         if outbound.try_send(envelope).is_err() {
             self.metrics.adapter_errors.inc();
@@ -494,10 +542,20 @@ impl Broadcaster {
     }
 }
 
-/// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it.
-fn encode<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, payload: &T) -> Option<Value> {
-    socket
-        .encode_event(event, payload)
+/// The whole Socket.IO packet for `event`, as `socket`'s namespace sends it:
+/// the payload, then the offset as a second argument when there is one.
+fn encode<A: Adapter, T: Serialize + ?Sized>(
+    socket: &SocketRef<A>,
+    event: &str,
+    payload: &T,
+    offset: Option<&str>,
+) -> Option<Value> {
+    let encoded = match offset {
+        // A tuple is sent as that many arguments.
+        Some(offset) => socket.encode_event(event, &(payload, offset)),
+        None => socket.encode_event(event, payload),
+    };
+    encoded
         .inspect_err(|e| tracing::error!(error = %e, event, "could not encode event"))
         .ok()
 }

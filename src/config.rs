@@ -138,6 +138,12 @@ pub struct Config {
     #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 8_000)]
     pub typing_timeout_ms: u64,
 
+    /// How long socket.io-client may resume a dropped connection (its rooms and missed
+    /// messages, from the database); 0 disables connection state recovery.
+    // A day covers a laptop asleep overnight; a session is a few small rows.
+    #[arg(long, env = "RECOVERY_WINDOW_SECS", default_value_t = 86_400)]
+    pub recovery_window_secs: u64,
+
     /// How long shutdown waits for writes in flight.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -204,6 +210,8 @@ pub struct Settings {
     pub send_buffer_total_bytes: usize,
     pub pusher_auth_max_body_bytes: usize,
     pub typing_timeout: Duration,
+    /// Zero: connection state recovery is off.
+    pub recovery_window: Duration,
     pub shutdown_timeout: Duration,
     /// Pusher WebSocket keep-alive.
     pub pusher_ws_timing: crate::pusher::ws::Timing,
@@ -319,6 +327,7 @@ impl Config {
             send_buffer_total_bytes: self.send_buffer_total_bytes.max(1024 * 1024),
             pusher_auth_max_body_bytes: self.pusher_auth_max_body_bytes.max(1024),
             typing_timeout: Duration::from_millis(self.typing_timeout_ms),
+            recovery_window: Duration::from_secs(self.recovery_window_secs),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             pusher_ws_timing: crate::pusher::ws::Timing {
                 activity_timeout: Duration::from_secs(self.pusher_activity_timeout_secs.max(1)),

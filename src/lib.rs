@@ -10,9 +10,10 @@
 //! - [`startup`]: binds, opens the store, builds the Socket.IO layer and router, runs and drains.
 //! - [`domain`]: validated types — [`domain::UserId`], [`domain::RoomId`] and its kind, message drafts.
 //! - [`auth`]: JWT verification, shared by the handshake and REST.
-//! - [`socket`]: the Socket.IO transport — handshake, one handler per client event, acks.
+//! - [`socket`]: the Socket.IO transport — handshake, one handler per client event, acks,
+//!   and socket.io-client's connection state recovery (`pid` + offset, sessions in the store).
 //! - [`http`]: health, readiness, metrics and the REST message routes.
-//! - [`chat`]: the chat domain — access rules, presence, typing, sending.
+//! - [`chat`]: the chat domain — access rules, presence, typing, sending, resumable sessions.
 //! - [`broadcast`]: the one place every event to a room passes through; [`subscribers`] is
 //!   where connections of other protocols (Pusher WebSocket) register to receive them.
 //! - [`pusher`]: Pusher compatibility — signatures, the auth shim for `private-`/`presence-`

@@ -147,6 +147,7 @@ impl Application {
             typing,
             typing_timeout: settings.typing_timeout,
             max_event_bytes: settings.max_event_bytes,
+            recovery_window: settings.recovery_window,
             shim,
             signed,
             identity_channel: settings.pusher_identity_channel.clone(),

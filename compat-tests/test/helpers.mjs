@@ -68,6 +68,7 @@ const SCRUBBED_ENV = [
   'MAX_FRAME_BYTES',
   'PUSHER_AUTH_TIMEOUT_MS',
   'SOCKET_BUFFER_PACKETS',
+  'RECOVERY_WINDOW_SECS',
 ]
 
 /** SB_TEST_CLUSTER=N (N >= 2): `startServer()` starts an N-node cluster (see the top of this file). */

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod presence;
+pub mod sessions;
 pub mod typing;
 
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
@@ -26,6 +27,7 @@ use crate::{
 };
 pub use access::Seeker;
 use presence::{Presence, RoomStats};
+use sessions::Sessions;
 use typing::Typing;
 
 /// Messages returned by a join without `since`.
@@ -108,6 +110,8 @@ pub struct Chat {
     max_event_bytes: usize,
     /// Message writes in flight; shutdown waits for them.
     writes: TaskTracker,
+    /// Connection state recovery: the window and this node's live sessions.
+    sessions: Sessions,
 }
 
 pub struct ChatParts {
@@ -124,6 +128,8 @@ pub struct ChatParts {
     pub typing: Typing,
     pub typing_timeout: Duration,
     pub max_event_bytes: usize,
+    /// How long a disconnected session may be resumed; zero disables recovery.
+    pub recovery_window: Duration,
 }
 
 impl Chat {
@@ -143,6 +149,7 @@ impl Chat {
             typing_timeout: p.typing_timeout,
             max_event_bytes: p.max_event_bytes,
             writes: TaskTracker::new(),
+            sessions: Sessions::new(p.recovery_window),
         }
     }
 
@@ -182,6 +189,7 @@ impl Chat {
                 self.limiter.prune();
                 last_prune = tokio::time::Instant::now();
             }
+            self.sessions_upkeep().await;
         }
     }
 
@@ -419,11 +427,7 @@ impl Chat {
                 self.announce_typing(room, identity, false).await;
             }
             self.broadcaster
-                .emit(
-                    Audience::room(room).except_socket(except_socket),
-                    "new-message",
-                    &appended.message,
-                )
+                .emit_message(Audience::room(room).except_socket(except_socket), &appended.message)
                 .await;
         }
         Ok(appended)

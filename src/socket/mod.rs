@@ -3,6 +3,7 @@
 //! contract's shape. Nothing here decides chat rules; it parses and relays.
 
 mod payload;
+mod recovery;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use crate::{
     auth::AuthError,
     chat::{Chat, Conn, join_reply, message_reply},
-    domain::{Draft, RoomId},
+    domain::{Draft, Member, RoomId},
     error::ChatError,
     pusher::{Forwarded, new_socket_id},
     store::Page,
@@ -46,14 +47,17 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, chat: Arc<Chat>) 
                 let session = json!({ "socketId": conn.socket_id, "userId": conn.identity.user });
                 chat.broadcaster().send(&s, "session", &session);
             }
+            recovery::replay(&s, &chat).await;
         }
     };
     let authenticate = move |s: SocketRef<A>, TryData(auth): TryData<Value>| {
         let chat = chat.clone();
         async move {
-            match authenticate(&s, auth.ok().as_ref(), &chat).await {
+            let auth = auth.ok();
+            match authenticate(&s, auth.as_ref(), &chat).await {
                 Ok(conn) => {
                     attach(&s, &chat, &conn);
+                    recovery::resume(&s, &chat, &conn, auth.as_ref()).await;
                     Ok(())
                 }
                 Err(e) => {
@@ -127,6 +131,25 @@ fn in_room<A: Adapter>(s: &SocketRef<A>, conn: &Conn, room: &RoomId) -> bool {
     conn.joined(room) && s.rooms().iter().any(|r| r == room.as_str())
 }
 
+/// Puts the socket in `room` as `member` (already admitted): the Socket.IO
+/// room, the connection's record, and presence (`user-online` for a first socket).
+async fn enter<A: Adapter>(
+    s: &SocketRef<A>,
+    chat: &Chat,
+    conn: &Conn,
+    room: &RoomId,
+    member: Member,
+) -> Result<(), ChatError> {
+    s.join(room.to_string());
+    conn.insert(room.clone(), member.clone());
+    if let Err(e) = chat.entered(conn, room, &member).await {
+        conn.remove(room);
+        s.leave(room.to_string());
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Joins the socket's internal rooms and registers every client event.
 fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
     s.join(chat.broadcaster().rooms_of(conn.identity.user.key(), &conn.socket_id));
@@ -139,13 +162,8 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
             let member = chat
                 .admit_presented(conn.seeker(), &room, req.presented.as_ref())
                 .await?;
-            s.join(room.to_string());
-            conn.insert(room.clone(), member.clone());
-            if let Err(e) = chat.entered(&conn, &room, &member).await {
-                conn.remove(&room);
-                s.leave(room.to_string());
-                return Err(e);
-            }
+            enter(&s, &chat, &conn, &room, member.clone()).await?;
+            recovery::joined(&s, &chat, &conn, &room, &member).await;
             // The socket may have gone while we awaited; don't leave a ghost behind.
             if !s.connected()
                 && let Some(member) = conn.remove(&room)
@@ -168,6 +186,7 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         if let Some(member) = conn.remove(&room) {
             s.leave(room.to_string());
             chat.left(&conn, &room, &member).await;
+            recovery::left(&s, &chat, &room).await;
         }
         Ok(json!({ "ok": true }))
     });
@@ -223,6 +242,7 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
                     chat.left(&conn, &room, &member).await;
                 }
             }
+            recovery::closed(&s, &chat).await;
         }
     });
 }

@@ -1,5 +1,6 @@
 //! Durable state behind one small interface: messages (append, idempotent on
-//! `(room, sender, clientId)`; pages by id) and group membership. The chat logic
+//! `(room, sender, clientId)`; pages by id), group membership, and the
+//! sessions connection state recovery resumes. The chat logic
 //! only sees [`Store`]; each engine is one implementation.
 
 mod postgres;
@@ -17,7 +18,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::{
-    domain::{Identity, MessageKind, RoomId, StoredMessage},
+    domain::{Identity, Member, MessageKind, RoomId, StoredMessage},
     metrics::Metrics,
 };
 
@@ -90,12 +91,55 @@ impl Page {
     }
 }
 
+/// A room joined by a connection, to record in its session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionJoin<'a> {
+    /// The session's private id (the CONNECT answer's `pid`).
+    pub pid: &'a str,
+    pub identity: &'a Identity,
+    pub room: &'a RoomId,
+    /// The member identity the connection holds in the room.
+    pub member: &'a Member,
+    /// Ms since epoch after which the session can no longer be resumed.
+    pub expires_at: i64,
+}
+
+/// A stored session that has not expired: whose it is and its rooms.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub user_key: String,
+    pub rooms: Vec<SessionRoom>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRoom {
+    pub room: RoomId,
+    pub member: Member,
+    /// The room's newest message id when it was joined (its join history covered up to it).
+    pub after: i64,
+}
+
+/// The identity as a session stores it: the user id as JSON, and the profile.
+fn identity_json(identity: &Identity) -> String {
+    serde_json::json!({ "userId": identity.user, "profile": identity.profile }).to_string()
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
     async fn page(&self, room: &RoomId, query: PageQuery) -> Result<Page, StoreError>;
     async fn is_group_member(&self, group: &str, user_key: &str) -> Result<bool, StoreError>;
     async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError>;
+    /// Records a joined room in a session (creating it) and pushes its expiry back.
+    async fn session_join(&self, join: SessionJoin<'_>) -> Result<(), StoreError>;
+    /// Forgets a room of a session (left on purpose) and pushes its expiry back.
+    async fn session_leave(&self, pid: &str, room: &RoomId, expires_at: i64) -> Result<(), StoreError>;
+    /// Pushes the expiry of these sessions back (a disconnect, or still connected).
+    async fn session_touch(&self, pids: &[String], expires_at: i64) -> Result<(), StoreError>;
+    /// The session `pid` unless missing or expired at `now`.
+    async fn session(&self, pid: &str, now: i64) -> Result<Option<SessionRecord>, StoreError>;
+    /// Deletes the sessions expired at `now`; returns how many.
+    async fn expire_sessions(&self, now: i64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
 }
@@ -143,6 +187,23 @@ impl Store for Metered {
     async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
         self.timed("set_group_member", self.inner.set_group_member(group, user_key, member))
             .await
+    }
+    async fn session_join(&self, join: SessionJoin<'_>) -> Result<(), StoreError> {
+        self.timed("session_join", self.inner.session_join(join)).await
+    }
+    async fn session_leave(&self, pid: &str, room: &RoomId, expires_at: i64) -> Result<(), StoreError> {
+        self.timed("session_leave", self.inner.session_leave(pid, room, expires_at))
+            .await
+    }
+    async fn session_touch(&self, pids: &[String], expires_at: i64) -> Result<(), StoreError> {
+        self.timed("session_touch", self.inner.session_touch(pids, expires_at))
+            .await
+    }
+    async fn session(&self, pid: &str, now: i64) -> Result<Option<SessionRecord>, StoreError> {
+        self.timed("session", self.inner.session(pid, now)).await
+    }
+    async fn expire_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        self.timed("expire_sessions", self.inner.expire_sessions(now)).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await

@@ -16,7 +16,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::{
-    Appended, NewMessage, Page, PageQuery, Store, StoreError, sql,
+    Appended, NewMessage, Page, PageQuery, SessionJoin, SessionRecord, Store, StoreError, sql,
     writer::{self, Batches, Inserted, Job, MAX_BATCH},
 };
 use crate::domain::RoomId;
@@ -132,6 +132,26 @@ impl Store for PostgresStore {
 
     async fn set_group_member(&self, group: &str, user_key: &str, member: bool) -> Result<bool, StoreError> {
         self.shared.set_group_member(group, user_key, member).await
+    }
+
+    async fn session_join(&self, join: SessionJoin<'_>) -> Result<(), StoreError> {
+        self.shared.session_join(&join).await
+    }
+
+    async fn session_leave(&self, pid: &str, room: &RoomId, expires_at: i64) -> Result<(), StoreError> {
+        self.shared.session_leave(pid, room, expires_at).await
+    }
+
+    async fn session_touch(&self, pids: &[String], expires_at: i64) -> Result<(), StoreError> {
+        self.shared.session_touch(pids, expires_at).await
+    }
+
+    async fn session(&self, pid: &str, now: i64) -> Result<Option<SessionRecord>, StoreError> {
+        self.shared.session(pid, now).await
+    }
+
+    async fn expire_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        self.shared.expire_sessions(now).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -188,4 +188,123 @@ where
         sqlx::query::<DB>("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    /// Records `room` in session `pid` (creating the session on its first
+    /// room) and pushes its expiry back, in one transaction.
+    pub async fn session_join(&self, s: &super::SessionJoin<'_>) -> Result<(), StoreError> {
+        let identity = super::identity_json(s.identity);
+        // Serializing a member (a map of JSON values) cannot fail.
+        let member = serde_json::to_string(s.member).unwrap_or_else(|_| "{}".into());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query::<DB>(UPSERT_SESSION)
+            .bind(s.pid)
+            .bind(s.identity.user.key())
+            .bind(identity.as_str())
+            .bind(s.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query::<DB>(SESSION_JOIN)
+            .bind(s.pid)
+            .bind(s.room.as_str())
+            .bind(member.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn session_leave(
+        &self,
+        pid: &str,
+        room: &crate::domain::RoomId,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query::<DB>(SESSION_LEAVE)
+            .bind(pid)
+            .bind(room.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query::<DB>(SESSION_TOUCH)
+            .bind(pid)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn session_touch(&self, pids: &[String], expires_at: i64) -> Result<(), StoreError> {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for pid in pids {
+            sqlx::query::<DB>(SESSION_TOUCH)
+                .bind(pid.as_str())
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, pid: &str, now: i64) -> Result<Option<super::SessionRecord>, StoreError> {
+        let Some(row) = sqlx::query::<DB>(SESSION_GET)
+            .bind(pid)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user_key: String = row.try_get("user_key")?;
+        let rows = sqlx::query::<DB>(SESSION_ROOMS).bind(pid).fetch_all(&self.pool).await?;
+        let rooms = rows
+            .iter()
+            .map(|r| {
+                let room: String = r.try_get("room_id")?;
+                let member: String = r.try_get("member")?;
+                Ok(super::SessionRoom {
+                    room: crate::domain::RoomId::parse(&room)
+                        .map_err(|e| StoreError::Corrupt(format!("session room {room:?}: {e}")))?,
+                    member: serde_json::from_str(&member)
+                        .ok()
+                        .and_then(crate::domain::Member::from_value)
+                        .ok_or_else(|| StoreError::Corrupt(format!("session member {member:?}")))?,
+                    after: r.try_get("after_id")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(super::SessionRecord { user_key, rooms }))
+    }
+
+    /// Deletes the sessions expired at `now`; how many.
+    pub async fn expire_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query::<DB>(EXPIRE_SESSION_ROOMS)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query::<DB>(EXPIRE_SESSIONS).bind(now).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
 }
+
+/// A session's row, created on its first room or its expiry pushed back.
+pub const UPSERT_SESSION: &str = "INSERT INTO sessions (pid, user_key, identity, expires_at) VALUES ($1, $2, $3, $4) \
+                                  ON CONFLICT (pid) DO UPDATE SET expires_at = excluded.expires_at";
+/// A room of a session, with the room's newest message id at the time: the
+/// join's history covered everything up to it.
+pub const SESSION_JOIN: &str = "INSERT INTO session_rooms (pid, room_id, member, after_id) \
+                                VALUES ($1, $2, $3, (SELECT COALESCE(MAX(id), 0) FROM messages WHERE room_id = $2)) \
+                                ON CONFLICT (pid, room_id) DO UPDATE SET member = excluded.member";
+pub const SESSION_LEAVE: &str = "DELETE FROM session_rooms WHERE pid = $1 AND room_id = $2";
+pub const SESSION_TOUCH: &str = "UPDATE sessions SET expires_at = $2 WHERE pid = $1";
+pub const SESSION_GET: &str = "SELECT user_key FROM sessions WHERE pid = $1 AND expires_at > $2";
+pub const SESSION_ROOMS: &str = "SELECT room_id, member, after_id FROM session_rooms WHERE pid = $1 ORDER BY room_id";
+pub const EXPIRE_SESSION_ROOMS: &str =
+    "DELETE FROM session_rooms WHERE pid IN (SELECT pid FROM sessions WHERE expires_at <= $1)";
+pub const EXPIRE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at <= $1 RETURNING pid";

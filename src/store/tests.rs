@@ -284,3 +284,88 @@ async fn group_membership() {
         assert!(!s.is_group_member("7", "5").await.expect("reads"));
     }
 }
+
+fn identity(user: Value) -> Identity {
+    Identity {
+        user: UserId::from_json(&user).expect("id"),
+        profile: Profile {
+            username: Some("ann".into()),
+            ..Profile::default()
+        },
+        token: "t".into(),
+    }
+}
+
+#[tokio::test]
+async fn sessions_keep_rooms_with_members_and_join_marks_until_they_expire() {
+    for (s, _dir) in engines().await {
+        let ann = identity(json!(5));
+        let lobby = RoomId::parse("lobby").expect("room");
+        let presence = RoomId::parse("presence-x").expect("room");
+        let before = s.append(new("lobby", json!(1), None, "old")).await.expect("stored");
+        assert!(s.session("p1", 100).await.expect("reads").is_none(), "unknown pid");
+
+        let member = Member::from_identity(&ann);
+        let mut info = serde_json::Map::new();
+        info.insert("name".into(), json!("Ann from the app"));
+        let shown = Member {
+            user: UserId::from_json(&json!("5")).expect("id"),
+            info,
+        };
+        let join = |room, member, expires_at| SessionJoin {
+            pid: "p1",
+            identity: &ann,
+            room,
+            member,
+            expires_at,
+        };
+        s.session_join(join(&lobby, &member, 1_000)).await.expect("writes");
+        s.session_join(join(&presence, &shown, 1_000)).await.expect("writes");
+        // Joining again keeps one row (and the newer member).
+        s.session_join(join(&lobby, &member, 1_000)).await.expect("writes");
+        let later = s.append(new("lobby", json!(1), None, "new")).await.expect("stored");
+
+        let got = s.session("p1", 999).await.expect("reads").expect("live");
+        assert_eq!(got.user_key, "5");
+        let want = vec![
+            SessionRoom {
+                room: lobby.clone(),
+                member: member.clone(),
+                after: before.message.id,
+            },
+            SessionRoom {
+                room: presence.clone(),
+                member: shown.clone(),
+                after: 0,
+            },
+        ];
+        assert_eq!(got.rooms, want);
+        assert!(later.message.id > got.rooms[0].after);
+
+        s.session_leave("p1", &presence, 2_000).await.expect("writes");
+        let got = s.session("p1", 1_500).await.expect("reads").expect("pushed back");
+        assert_eq!(got.rooms.len(), 1);
+
+        s.session_join(SessionJoin {
+            pid: "p2",
+            identity: &ann,
+            room: &lobby,
+            member: &member,
+            expires_at: 500,
+        })
+        .await
+        .expect("writes");
+        s.session_touch(&["p2".to_owned(), "nope".to_owned()], 3_000)
+            .await
+            .expect("writes");
+        assert!(s.session("p2", 2_500).await.expect("reads").is_some(), "touched");
+
+        assert!(s.session("p1", 2_000).await.expect("reads").is_none(), "expired");
+        assert_eq!(s.expire_sessions(2_000).await.expect("deletes"), 1);
+        assert_eq!(s.expire_sessions(2_000).await.expect("deletes"), 0);
+        assert!(s.session("p1", 0).await.expect("reads").is_none(), "deleted, rooms too");
+        s.session_join(join(&presence, &shown, 5_000)).await.expect("writes");
+        let got = s.session("p1", 0).await.expect("reads").expect("new");
+        assert_eq!(got.rooms.len(), 1, "the expired session's rooms are gone");
+    }
+}

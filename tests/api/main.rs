@@ -8,6 +8,7 @@ mod helpers;
 mod presence;
 mod pusher;
 mod pusher_ws;
+mod recovery;
 mod rest;
 mod socket;
 mod typing;

@@ -17,7 +17,7 @@ use crate::{
 use socketioxide_core::{
     Sid, Str, Uid, Value,
     adapter::{BroadcastIter, CoreLocalAdapter, RemoteSocketData, SocketEmitter},
-    packet::{ConnectPacket, Packet, PacketData},
+    packet::{Packet, PacketData},
     parser::Parse,
 };
 
@@ -168,7 +168,17 @@ impl<A: Adapter> Namespace<A> {
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
+        // `ConnectPacket` (socketioxide-core) has no `pid`: same shape, plus it.
+        #[derive(serde::Serialize)]
+        struct ConnectPayload<'a> {
+            sid: Sid,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pid: Option<&'a str>,
+        }
+        let payload = ConnectPayload {
+            sid: socket.id,
+            pid: socket.connect_pid(),
+        };
         let payload = match protocol {
             ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
             ProtocolVersion::V4 => None,

@@ -306,6 +306,8 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     #[cfg(feature = "extensions")]
     pub extensions: Extensions,
     esocket: Arc<engineioxide::Socket<SocketData<A>>>,
+    /// The private session id the CONNECT answer carries beside `sid`.
+    connect_pid: std::sync::OnceLock<String>,
 }
 
 impl<A: Adapter> Socket<A> {
@@ -329,7 +331,19 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "extensions")]
             extensions: Extensions::new(),
             esocket,
+            connect_pid: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the private session id (`pid`) that the CONNECT answer carries
+    /// beside `sid`, for socket.io-client's connection state recovery. Call it
+    /// from a connect middleware; the first call wins.
+    pub fn set_connect_pid(&self, pid: String) {
+        let _ = self.connect_pid.set(pid);
+    }
+
+    pub(crate) fn connect_pid(&self) -> Option<&str> {
+        self.connect_pid.get().map(String::as_str)
     }
 
     /// # Registers a [`MessageHandler`] for the given event.
