@@ -137,6 +137,17 @@ enum Op {
     Terminate { user: String },
 }
 
+/// One event on its way to this node's connections.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    event: &'a str,
+    payload: &'a RawValue,
+    /// The user a client event came from.
+    from_user: Option<&'a str>,
+    /// The recovery offset (`new-message` only).
+    offset: Option<&'a str>,
+}
+
 /// The pub/sub channel events cross between nodes on.
 fn events_channel(prefix: &str) -> String {
     format!("{prefix}:events")
@@ -276,7 +287,17 @@ impl Broadcaster {
         let room = audience.room.to_string();
         let except = audience.except_rooms();
         match &self.io {
-            Io::Single(io) => self.deliver_here(io, room, except, event, &payload, from_user, offset.as_deref()),
+            Io::Single(io) => self.deliver_here(
+                io,
+                room,
+                except,
+                Outgoing {
+                    event,
+                    payload: &payload,
+                    from_user,
+                    offset: offset.as_deref(),
+                },
+            ),
             Io::Cluster {
                 io,
                 node,
@@ -294,10 +315,12 @@ impl Broadcaster {
                     io,
                     room.clone(),
                     except.clone(),
-                    event,
-                    &payload,
-                    from_user,
-                    offset.as_deref(),
+                    Outgoing {
+                        event,
+                        payload: &payload,
+                        from_user,
+                        offset: offset.as_deref(),
+                    },
                 );
                 let queued = outbound.try_send(Envelope {
                     node: node.clone(),
@@ -325,15 +348,12 @@ impl Broadcaster {
         io: &SocketIo<A>,
         room: String,
         except: Vec<String>,
-        event: &str,
-        payload: &RawValue,
-        from_user: Option<&str>,
-        offset: Option<&str>,
+        out: Outgoing<'_>,
     ) -> usize {
         let others = self
             .subscribers
-            .deliver(&RoomEvent::new(&room, event, payload, from_user), &except);
-        let delivered = others + self.deliver_to_sockets(io, room, except, event, payload, offset);
+            .deliver(&RoomEvent::new(&room, out.event, out.payload, out.from_user), &except);
+        let delivered = others + self.deliver_to_sockets(io, room, except, out.event, out.payload, out.offset);
         self.metrics.messages_out.inc_by(delivered as u64);
         delivered
     }
@@ -387,10 +407,12 @@ impl Broadcaster {
                         io,
                         envelope.room,
                         envelope.except,
-                        &envelope.event,
-                        &envelope.payload,
-                        envelope.from_user.as_deref(),
-                        envelope.offset.as_deref(),
+                        Outgoing {
+                            event: &envelope.event,
+                            payload: &envelope.payload,
+                            from_user: envelope.from_user.as_deref(),
+                            offset: envelope.offset.as_deref(),
+                        },
                     );
                 }
             }
