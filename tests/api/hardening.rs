@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::pusher::{Credentials, signing};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
 
-use crate::helpers::{Client, Sio, TestApp, Ws, spawn_app_with, user};
+use crate::helpers::{
+    Client, PUSHER_APP_ID as APP_ID, Sio, TestApp, Ws, pusher_signed_url, spawn_app_with, spawn_pusher_app, user,
+};
 
 const RELAXED: [&str; 4] = ["--rate-limit-per-sec", "100000", "--rate-limit-burst", "100000"];
 
@@ -181,30 +182,8 @@ async fn a_rest_body_over_the_limit_gets_the_contracts_json() {
     assert_eq!(body["error"]["code"], json!("too_large"));
 }
 
-const APP_ID: &str = "42";
-const KEY: &str = "app-key";
-const SECRET: &str = "app-secret";
-
-fn pusher_args(endpoint: &str) -> Vec<String> {
-    [
-        "--pusher-app-id",
-        APP_ID,
-        "--pusher-key",
-        KEY,
-        "--pusher-secret",
-        SECRET,
-        "--pusher-auth-timeout-ms",
-        "800",
-        "--pusher-auth-endpoint",
-        endpoint,
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 async fn spawn_pusher(endpoint: &str) -> TestApp {
-    let args = pusher_args(endpoint);
-    spawn_app_with(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    spawn_pusher_app(&["--pusher-auth-timeout-ms", "800", "--pusher-auth-endpoint", endpoint]).await
 }
 
 /// An auth endpoint that answers every request with `head` and then `body`,
@@ -271,17 +250,9 @@ async fn an_auth_answer_over_the_cap_is_not_read_whole() {
     );
 }
 
-/// A URL signed like the official SDKs sign, with `ts` as auth_timestamp.
+/// A bodiless URL signed like the official SDKs sign, with `ts` as auth_timestamp.
 fn signed_url(app: &TestApp, method: &str, path: &str, ts: &str) -> String {
-    let creds = Credentials::new(APP_ID, KEY, SECRET);
-    let params: Vec<(String, String)> = vec![
-        ("auth_key".into(), KEY.into()),
-        ("auth_timestamp".into(), ts.into()),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    let signature = creds.sign(&signing::string_to_sign(method, path, &params));
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    app.url(&format!("{path}?{}&auth_signature={signature}", query.join("&")))
+    pusher_signed_url(app, method, path, "", ts)
 }
 
 #[tokio::test]

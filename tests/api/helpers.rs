@@ -83,6 +83,43 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     }
 }
 
+/// The Pusher app the Pusher tests run as.
+pub const PUSHER_APP_ID: &str = "42";
+pub const PUSHER_KEY: &str = "app-key";
+pub const PUSHER_SECRET: &str = "app-secret";
+
+/// A server with the Pusher app's credentials, plus `extra` arguments.
+pub async fn spawn_pusher_app(extra: &[&str]) -> TestApp {
+    let mut args = vec![
+        "--pusher-app-id",
+        PUSHER_APP_ID,
+        "--pusher-key",
+        PUSHER_KEY,
+        "--pusher-secret",
+        PUSHER_SECRET,
+    ];
+    args.extend_from_slice(extra);
+    spawn_app_with(&args).await
+}
+
+/// A Pusher HTTP API URL signed as the official SDKs sign it, with
+/// `timestamp` as `auth_timestamp`.
+pub fn pusher_signed_url(app: &TestApp, method: &str, path: &str, body: &str, timestamp: &str) -> String {
+    use switchboard::pusher::{Credentials, signing};
+    let creds = Credentials::new(PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET);
+    let mut params: Vec<(String, String)> = vec![
+        ("auth_key".into(), PUSHER_KEY.into()),
+        ("auth_timestamp".into(), timestamp.into()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5".into(), signing::body_md5(body.as_bytes())));
+    }
+    let signature = creds.sign(&signing::string_to_sign(method, path, &params));
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    app.url(&format!("{path}?{}&auth_signature={signature}", query.join("&")))
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

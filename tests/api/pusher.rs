@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::{Router, extract::State, http::HeaderMap, routing::post};
 use serde_json::{Value, json};
-use switchboard::pusher::{Credentials, signing};
+use switchboard::pusher::Credentials;
 
 use crate::helpers::{Client, Sio, TestApp, Ws, spawn_app_with, user};
 
-const APP_ID: &str = "42";
-const KEY: &str = "app-key";
-const SECRET: &str = "app-secret";
+use crate::helpers::{
+    PUSHER_APP_ID as APP_ID, PUSHER_KEY as KEY, PUSHER_SECRET as SECRET, pusher_signed_url, spawn_pusher_app,
+};
 
 /// How the fake app's `/api/pusher/auth` behaves.
 #[derive(Clone, Copy, PartialEq)]
@@ -77,19 +77,11 @@ async fn fake_app() -> (FakeApp, String) {
 }
 
 async fn spawn(endpoint: Option<&str>) -> TestApp {
-    let mut args = vec![
-        "--pusher-app-id",
-        APP_ID,
-        "--pusher-key",
-        KEY,
-        "--pusher-secret",
-        SECRET,
-    ];
-    args.extend(["--pusher-auth-timeout-ms", "1000"]);
+    let mut args = vec!["--pusher-auth-timeout-ms", "1000"];
     if let Some(e) = endpoint {
         args.extend(["--pusher-auth-endpoint", e]);
     }
-    spawn_app_with(&args).await
+    spawn_pusher_app(&args).await
 }
 
 #[tokio::test]
@@ -163,19 +155,8 @@ async fn without_an_endpoint_private_rooms_are_refused() {
 
 /// A URL signed like the official SDKs sign, `age` seconds ago.
 fn signed_url(app: &TestApp, method: &str, path: &str, body: &str, age: i64) -> String {
-    let creds = Credentials::new(APP_ID, KEY, SECRET);
-    let now = (switchboard::clock::now_ms() / 1000 - age).to_string();
-    let mut params: Vec<(String, String)> = vec![
-        ("auth_key".into(), KEY.into()),
-        ("auth_timestamp".into(), now),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    if !body.is_empty() {
-        params.push(("body_md5".into(), signing::body_md5(body.as_bytes())));
-    }
-    let signature = creds.sign(&signing::string_to_sign(method, path, &params));
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    app.url(&format!("{path}?{}&auth_signature={signature}", query.join("&")))
+    let then = (switchboard::clock::now_ms() / 1000 - age).to_string();
+    pusher_signed_url(app, method, path, body, &then)
 }
 
 async fn api(app: &TestApp, method: reqwest::Method, path: &str, body: Value) -> (u16, String) {

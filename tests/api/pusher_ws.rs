@@ -9,24 +9,9 @@ use switchboard::pusher::{Credentials, signing};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
-use crate::helpers::{Client, TestApp, Ws, spawn_app_with, user};
+use crate::helpers::{Client, TestApp, Ws, user};
 
-const APP_ID: &str = "42";
-const KEY: &str = "ws-key";
-const SECRET: &str = "ws-secret";
-
-async fn spawn(extra: &[&str]) -> TestApp {
-    let mut args = vec![
-        "--pusher-app-id",
-        APP_ID,
-        "--pusher-key",
-        KEY,
-        "--pusher-secret",
-        SECRET,
-    ];
-    args.extend_from_slice(extra);
-    spawn_app_with(&args).await
-}
+use crate::helpers::{PUSHER_APP_ID as APP_ID, PUSHER_KEY as KEY, PUSHER_SECRET as SECRET, spawn_pusher_app as spawn};
 
 fn creds() -> Credentials {
     Credentials::new(APP_ID, KEY, SECRET)
