@@ -32,15 +32,20 @@ const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const LOCK_ROOMS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
      (SELECT DISTINCT hashtextextended(r, 0) AS k FROM unnest($1::text[]) AS r ORDER BY k) AS keys";
 
-/// Stores a whole batch, bound as one JSON array of rows
-/// ([`writer::BatchRow`]), in array order; rows whose idempotency key was
-/// taken are skipped and not returned.
+/// Stores a whole batch, bound as one array per column (a multi-row insert
+/// whose text never changes, so it is prepared once per connection), in
+/// array order; rows whose idempotency key was taken are skipped and not
+/// returned.
 const INSERT_BATCH: &str = concat!(
     "INSERT INTO messages ",
     sql::insert_columns!(),
-    " SELECT v ->> 0, v ->> 1, v ->> 2, v ->> 3, v ->> 4, v ->> 5, \
-            v ->> 6, v ->> 7, v ->> 8, v ->> 9, v ->> 10, (v ->> 11)::bigint \
-     FROM json_array_elements($1::json) WITH ORDINALITY AS t(v, n) ORDER BY n \
+    " SELECT room_id, user_key, user_json, username, full_name, avatar, \
+            client_id, body, kind, media, audio, created_at \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[]) \
+          WITH ORDINALITY AS t(room_id, user_key, user_json, username, full_name, avatar, \
+                               client_id, body, kind, media, audio, created_at, n) \
+     ORDER BY n \
      ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id"
 );
 
@@ -81,11 +86,26 @@ struct Writer {
 }
 
 impl Batches for Writer {
-    async fn insert_batch(&mut self, batch: &[&NewMessage], rows: &str) -> Result<Vec<Inserted>, StoreError> {
+    async fn insert_batch(&mut self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
         let rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+        let column = |f: fn(&NewMessage) -> Option<&str>| batch.iter().map(|m| f(m)).collect::<Vec<_>>();
+        let user_json: Vec<String> = batch.iter().map(|m| m.sender.user.json().to_string()).collect();
+        let query = sqlx::query(INSERT_BATCH)
+            .bind(&rooms)
+            .bind(batch.iter().map(|m| m.sender.user.key()).collect::<Vec<_>>())
+            .bind(&user_json)
+            .bind(column(|m| m.sender.profile.username.as_deref()))
+            .bind(column(|m| m.sender.profile.full_name.as_deref()))
+            .bind(column(|m| m.sender.profile.avatar.as_deref()))
+            .bind(column(|m| m.client_id.as_deref()))
+            .bind(batch.iter().map(|m| m.text.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>())
+            .bind(column(|m| m.media.as_deref()))
+            .bind(column(|m| m.audio.as_deref()))
+            .bind(batch.iter().map(|m| m.timestamp).collect::<Vec<_>>());
         let mut tx = self.pool.begin().await?;
         sqlx::query(LOCK_ROOMS).bind(&rooms).execute(&mut *tx).await?;
-        let rows = sqlx::query(INSERT_BATCH).bind(rows).fetch_all(&mut *tx).await?;
+        let rows = query.fetch_all(&mut *tx).await?;
         let inserted = rows.iter().map(Inserted::read).collect::<Result<_, _>>()?;
         tx.commit().await?;
         Ok(inserted)

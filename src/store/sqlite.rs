@@ -2,43 +2,42 @@
 //! message acked to a client survives a crash of the process or the machine.
 //!
 //! Appends go through one writer (group commit): a thread of its own, with its
-//! own connection, stores whatever is queued in one statement, so one fsync
+//! own connection, stores whatever is queued in one transaction, so one fsync
 //! serves many messages and each caller still hears back only after its
 //! message is on disk. SQLite allows one writer at a time anyway, so ids
-//! follow commit order. Reads go through a pool of other connections.
+//! follow commit order. Reads (and the rare writes of sessions and groups) go
+//! through sqlx's pool of other connections, which WAL lets run alongside.
 //!
 //! Why a thread and a connection of its own: on the shared runtime every
 //! wake-up of the writer waited behind thousands of socket tasks, and a pooled
 //! connection lost its page cache whenever another connection had written, so
-//! almost every batch re-read its index pages first.
+//! almost every batch re-read its index pages first. Why rusqlite there
+//! rather than sqlx: a sqlx connection runs on a worker thread of its own, so
+//! every statement was a round trip between two threads (most of the writer's
+//! cost was those wake-ups); rusqlite runs the statements on the writer's own
+//! thread, each prepared once, and a row is bound straight from the message
+//! instead of through a JSON array. Both link the same libsqlite3-sys.
 
-use std::{str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use sqlx::{
-    ConnectOptions, Connection, SqliteConnection,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use rusqlite::{OpenFlags, OptionalExtension, TransactionBehavior, params};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::mpsc;
 
 use super::{
     Appended, NewMessage, Page, PageQuery, SessionJoin, SessionRecord, Store, StoreError, sql,
     writer::{self, Batches, Inserted, Job, MAX_BATCH},
 };
-use crate::domain::RoomId;
+use crate::domain::{MessageKind, RoomId, StoredMessage};
 
-/// Stores a whole batch, bound as one JSON array of rows
-/// ([`writer::BatchRow`]), in one statement: its text never changes, so
-/// SQLite prepares it once, and outside a transaction it commits by itself.
-/// Rows come back without the ones whose idempotency key was taken;
-/// `ORDER BY key` makes ids follow the array's order.
-const INSERT_BATCH: &str = concat!(
+/// Stores one message unless its idempotency key is taken; returns its id
+/// when it was stored. A batch runs it once per message inside one
+/// transaction, so ids follow the batch's order.
+const INSERT_ONE: &str = concat!(
     "INSERT INTO messages ",
     sql::insert_columns!(),
-    " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-            value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11 \
-     FROM json_each($1) WHERE true ORDER BY key \
-     ON CONFLICT DO NOTHING RETURNING id, room_id, user_key, client_id"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING RETURNING id"
 );
 
 /// Writer pages (32 MiB): the hot ends of the indexes stay in memory.
@@ -46,6 +45,8 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 /// Pages in the WAL before it is copied back: less often than SQLite's 1,000,
 /// since a hot index page is copied once per checkpoint however often it changed.
 const WRITER_AUTOCHECKPOINT: u32 = 4_000;
+/// How long the writer waits for a pooled connection's write (sessions, groups).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
     shared: sql::Shared<sqlx::Sqlite>,
@@ -67,22 +68,19 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
+            .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
 
-        let conn = options
-            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT.to_string())
-            .connect()
-            .await?;
+        let conn = writer_connection(&path)?;
         let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+        // The thread only waits for the queue and then runs SQLite itself: a
+        // current-thread runtime is just what `write_loop` needs to wait on.
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
             .build()
             .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         std::thread::Builder::new()
@@ -96,40 +94,131 @@ impl SqliteStore {
     }
 }
 
-/// The writer's side of the store: its own connection.
+/// Opens the writer's connection to the (migrated) database at `path`.
+fn writer_connection(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL is a property of the file (the pool set it); synchronous is not:
+    // FULL fsyncs the WAL at every commit, so an acked message is on disk.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(8);
+    Ok(conn)
+}
+
+/// The writer's side of the store: its own connection, used on its own thread.
 struct Writer {
-    conn: SqliteConnection,
+    conn: rusqlite::Connection,
+}
+
+impl Writer {
+    /// The id `m` was stored under, or `None` when its key was taken.
+    fn insert(conn: &rusqlite::Connection, m: &NewMessage) -> rusqlite::Result<Option<i64>> {
+        let mut insert = conn.prepare_cached(INSERT_ONE)?;
+        insert
+            .query_row(
+                params![
+                    m.room.as_str(),
+                    m.sender.user.key(),
+                    m.sender.user.json().to_string(),
+                    m.sender.profile.username,
+                    m.sender.profile.full_name,
+                    m.sender.profile.avatar,
+                    m.client_id,
+                    m.text,
+                    m.kind.as_str(),
+                    m.media,
+                    m.audio,
+                    m.timestamp,
+                ],
+                |row| row.get(0),
+            )
+            .optional()
+    }
+
+    fn insert_all(&mut self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        // IMMEDIATE: take the write lock up front (waiting out a pooled
+        // connection's write) rather than fail part-way through the batch.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inserted = Vec::with_capacity(batch.len());
+        for m in batch {
+            if let Some(id) = Self::insert(&tx, m)? {
+                inserted.push(Inserted {
+                    id,
+                    room: m.room.as_str().to_owned(),
+                    user_key: m.sender.user.key().to_owned(),
+                    client_id: m.client_id.clone(),
+                });
+            }
+        }
+        // On any error before this, dropping `tx` rolls the whole batch back.
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn stored_by_key(&self, m: &NewMessage) -> Result<Appended, StoreError> {
+        let mut by_key = self.conn.prepare_cached(sql::BY_KEY)?;
+        let message = by_key.query_row(params![m.room.as_str(), m.sender.user.key(), m.client_id], |row| {
+            Ok(read_message(row))
+        })??;
+        Ok(Appended {
+            message,
+            created: false,
+        })
+    }
 }
 
 impl Batches for Writer {
-    async fn insert_batch(&mut self, _: &[&NewMessage], rows: &str) -> Result<Vec<Inserted>, StoreError> {
-        let rows = sqlx::query(INSERT_BATCH).bind(rows).fetch_all(&mut self.conn).await?;
-        Ok(rows.iter().map(Inserted::read).collect::<Result<_, _>>()?)
+    async fn insert_batch(&mut self, batch: &[&NewMessage]) -> Result<Vec<Inserted>, StoreError> {
+        self.insert_all(batch)
     }
 
     async fn append_one(&mut self, m: &NewMessage) -> Result<Appended, StoreError> {
-        let user_json = m.sender.user.json().to_string();
-        let inserted = sql::bind_insert(sqlx::query(sql::INSERT), m, user_json)
-            .fetch_optional(&mut self.conn)
-            .await?;
-        match inserted {
-            Some(row) => Ok(Appended {
-                message: sql::message(&row)?,
+        match Self::insert(&self.conn, m)? {
+            Some(id) => Ok(Appended {
+                message: writer::stored(m.clone(), id),
                 created: true,
             }),
-            None => self.by_key(m).await,
+            None => self.stored_by_key(m),
         }
     }
 
     async fn by_key(&mut self, m: &NewMessage) -> Result<Appended, StoreError> {
-        sql::by_key(&mut self.conn, m).await
+        self.stored_by_key(m)
     }
 
     async fn close(self) {
-        if let Err(e) = self.conn.close().await {
+        if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the SQLite writer's connection");
         }
     }
+}
+
+/// Reads a message row (the columns of [`sql::BY_KEY`], in order) back.
+fn read_message(row: &rusqlite::Row<'_>) -> Result<StoredMessage, StoreError> {
+    let user_json: String = row.get(2)?;
+    let kind: String = row.get(8)?;
+    Ok(StoredMessage {
+        id: row.get(0)?,
+        room_id: row.get(1)?,
+        user_id: serde_json::from_str(&user_json)
+            .map_err(|e| StoreError::Corrupt(format!("user_json {user_json:?}: {e}")))?,
+        username: row.get(3)?,
+        full_name: row.get(4)?,
+        avatar: row.get(5)?,
+        client_id: row.get(6)?,
+        message: row.get(7)?,
+        kind: MessageKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind:?}")))?,
+        media: row.get(9)?,
+        audio: row.get(10)?,
+        timestamp: row.get(11)?,
+    })
 }
 
 #[async_trait]
@@ -185,17 +274,49 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_batch_is_one_statement_that_skips_taken_keys() {
+    async fn open() -> (tempfile::TempDir, SqliteStore, Writer) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
-        let store = SqliteStore::open(&url).await.expect("opens");
-        let conn = SqliteConnectOptions::from_str(&url)
-            .expect("url")
-            .connect()
+        let path = store_path(&dir);
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display()))
             .await
-            .expect("connects");
-        writer::tests::a_batch_skips_taken_keys(&mut Writer { conn }).await;
+            .expect("opens");
+        let conn = writer_connection(&path).expect("connects");
+        (dir, store, Writer { conn })
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_transaction_that_skips_taken_keys() {
+        let (_dir, store, mut writer) = open().await;
+        writer::tests::a_batch_skips_taken_keys(&mut writer).await;
         store.close().await;
+    }
+
+    /// A batch whose commit fails stores nothing, so the one-by-one fallback
+    /// never stores a message twice.
+    #[tokio::test]
+    async fn a_failed_batch_stores_nothing() {
+        let (dir, store, mut writer) = open().await;
+        let batch = [
+            writer::tests::message("lobby", "1", Some("a")),
+            writer::tests::message("lobby", "1", Some("b")),
+        ];
+        let refs: Vec<&NewMessage> = batch.iter().collect();
+        // Another connection holds the write lock past the writer's patience.
+        writer.conn.busy_timeout(Duration::from_millis(10)).expect("sets");
+        let blocker = writer_connection(&store_path(&dir)).expect("connects");
+        blocker.execute_batch("BEGIN IMMEDIATE").expect("locks");
+        assert!(writer.insert_batch(&refs).await.is_err());
+        blocker.execute_batch("ROLLBACK").expect("unlocks");
+        let stored = writer.insert_batch(&refs).await.expect("stores");
+        assert_eq!(stored.len(), 2, "nothing of the failed batch was stored");
+        let again = writer.append_one(&batch[0]).await.expect("answers");
+        assert!(!again.created);
+        assert_eq!(again.message.id, stored[0].id);
+        assert_eq!(again.message.client_id.as_deref(), Some("a"));
+        store.close().await;
+    }
+
+    fn store_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        dir.path().join("db.sqlite")
     }
 }

@@ -2,12 +2,11 @@
 //! stores whatever is queued in one statement (one commit, one fsync for many
 //! messages) and answers each caller with its own message once it is on disk.
 //!
-//! The engine supplies the statement ([`Batches`]); this module owns the
-//! queue, the batch's encoding, pairing stored rows with callers, and the
-//! fallback: when a batch fails nothing of it was stored, so each message is
-//! stored alone and one bad row fails only its own caller.
+//! The engine supplies the commit ([`Batches`]); this module owns the queue,
+//! pairing stored rows with callers, and the fallback: when a batch fails
+//! nothing of it was stored, so each message is stored alone and one bad row
+//! fails only its own caller.
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, NewMessage, StoreError};
@@ -28,15 +27,12 @@ pub enum Job {
 
 /// What an engine does for its writer.
 pub trait Batches: Send {
-    /// Stores the batch, also given as a JSON array of [`BatchRow`]s, in one
-    /// commit, skipping messages whose idempotency key is taken (earlier, or
-    /// by an earlier message of the batch), with ids in the batch's order.
-    /// Returns the stored rows. On error nothing was stored.
-    fn insert_batch(
-        &mut self,
-        batch: &[&NewMessage],
-        rows: &str,
-    ) -> impl Future<Output = Result<Vec<Inserted>, StoreError>> + Send;
+    /// Stores the batch in one commit, skipping messages whose idempotency
+    /// key is taken (earlier, or by an earlier message of the batch), with ids
+    /// in the batch's order. Returns the stored rows. On error nothing was
+    /// stored.
+    fn insert_batch(&mut self, batch: &[&NewMessage])
+    -> impl Future<Output = Result<Vec<Inserted>, StoreError>> + Send;
 
     /// Stores one message by itself (the fallback when a batch fails).
     fn append_one(&mut self, m: &NewMessage) -> impl Future<Output = Result<Appended, StoreError>> + Send;
@@ -92,11 +88,7 @@ pub async fn write_loop(mut engine: impl Batches, mut queue: mpsc::Receiver<Job>
 /// Answers every caller of `batch` (and empties it).
 async fn write(engine: &mut impl Batches, batch: &mut Vec<(NewMessage, Reply)>) {
     let messages: Vec<&NewMessage> = batch.iter().map(|(m, _)| m).collect();
-    let rows: Vec<BatchRow<'_>> = messages.iter().map(|m| BatchRow::of(m)).collect();
-    let inserted = match serde_json::to_string(&rows) {
-        Ok(json) => engine.insert_batch(&messages, &json).await,
-        Err(e) => Err(StoreError::Corrupt(format!("encoding a batch: {e}"))),
-    };
+    let inserted = engine.insert_batch(&messages).await;
     let mut inserted = match inserted {
         Ok(rows) => rows,
         Err(e) => {
@@ -120,44 +112,6 @@ async fn write(engine: &mut impl Batches, batch: &mut Vec<(NewMessage, Reply)>) 
             None => engine.by_key(&message).await,
         };
         let _ = reply.send(result);
-    }
-}
-
-/// One message as a row of the batch's JSON array, in the column order of
-/// both engines' batch statements: room_id, user_key, user_json, username,
-/// full_name, avatar, client_id, body, kind, media, audio, created_at.
-#[derive(Serialize)]
-pub struct BatchRow<'a>(
-    &'a str,
-    &'a str,
-    String,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    &'a str,
-    &'a str,
-    Option<&'a str>,
-    Option<&'a str>,
-    i64,
-);
-
-impl<'a> BatchRow<'a> {
-    pub fn of(m: &'a NewMessage) -> Self {
-        Self(
-            m.room.as_str(),
-            m.sender.user.key(),
-            m.sender.user.json().to_string(),
-            m.sender.profile.username.as_deref(),
-            m.sender.profile.full_name.as_deref(),
-            m.sender.profile.avatar.as_deref(),
-            m.client_id.as_deref(),
-            &m.text,
-            m.kind.as_str(),
-            m.media.as_deref(),
-            m.audio.as_deref(),
-            m.timestamp,
-        )
     }
 }
 
@@ -205,7 +159,7 @@ fn match_ids<'a>(batch: impl Iterator<Item = &'a NewMessage>, inserted: &[Insert
 }
 
 /// The message as stored: what the caller sent, under its new id.
-fn stored(m: NewMessage, id: i64) -> StoredMessage {
+pub fn stored(m: NewMessage, id: i64) -> StoredMessage {
     StoredMessage {
         id,
         room_id: m.room.as_str().to_owned(),
@@ -246,13 +200,7 @@ pub mod tests {
         }
     }
 
-    /// Encodes a batch as [`write`] does.
-    pub fn rows(batch: &[NewMessage]) -> String {
-        let rows: Vec<_> = batch.iter().map(BatchRow::of).collect();
-        serde_json::to_string(&rows).expect("encodes")
-    }
-
-    /// What an engine's batch statement must do, on its own (not behind the
+    /// What an engine's batch must do, on its own (not behind the
     /// one-by-one fallback, which would hide a broken statement behind
     /// correct but slow answers).
     pub async fn a_batch_skips_taken_keys(engine: &mut impl Batches) {
@@ -263,7 +211,7 @@ pub mod tests {
             message("chat-1-2", "1", Some("a")),
         ];
         let refs: Vec<&NewMessage> = batch.iter().collect();
-        let mut inserted = engine.insert_batch(&refs, &rows(&batch)).await.expect("one statement");
+        let mut inserted = engine.insert_batch(&refs).await.expect("one commit");
         inserted.sort_unstable_by_key(|r| r.id);
         assert_eq!(inserted.len(), 3);
         assert!(inserted[0].id < inserted[1].id && inserted[1].id < inserted[2].id);
@@ -271,7 +219,7 @@ pub mod tests {
             match_ids(batch.iter(), &inserted),
             [Some(inserted[0].id), None, Some(inserted[1].id), Some(inserted[2].id)]
         );
-        let again = engine.insert_batch(&refs, &rows(&batch)).await.expect("one statement");
+        let again = engine.insert_batch(&refs).await.expect("one commit");
         assert_eq!(again.len(), 1, "only the keyless message is new");
     }
 
