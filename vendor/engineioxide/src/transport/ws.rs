@@ -1,15 +1,12 @@
 //! The ws transport module is responsible for handling websocket connections
 //! The only public function is [`new_req`] which is used to upgrade a http request to a websocket connection
 //!
-//! Other functions are used internally to handle the websocket connection through tasks and channels
-//! and to handle upgrade from polling to ws
+//! Other functions are used internally to handle the websocket connection (one task per
+//! connection, a switchboard patch) and to handle upgrade from polling to ws
 
 use std::sync::Arc;
 
-use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,7 +20,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
@@ -123,7 +120,7 @@ where
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
     let ws_init = move || WebSocketStream::from_raw_socket(conn, Role::Server, Some(ws_config));
-    let (socket, ws) = if let Some(sid) = sid {
+    let (socket, ws, heartbeat) = if let Some(sid) = sid {
         match engine.get_socket(sid) {
             None => return Err(Error::UnknownSessionID(sid)),
             Some(socket) if socket.is_ws() => return Err(Error::MultipleWebsocketRequests),
@@ -148,7 +145,8 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                (socket, ws)
+                // Its heartbeat already runs, since its polling days.
+                (socket, ws, None)
             }
         }
     } else {
@@ -159,25 +157,118 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
-        (socket, ws)
+        // switchboard patch: the heartbeat of a session that starts on
+        // websocket runs inside this connection's task (see `run`), not in a
+        // task of its own.
+        let heartbeat = (engine.config.ping_interval, engine.config.ping_timeout);
+        (socket, ws, Some(heartbeat))
     };
-    let (tx, rx) = ws.split();
+    run(&engine, ws, socket, heartbeat).await
+}
 
-    // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+/// What the read side of [`run`] asks of the loop after a frame.
+enum Read {
+    Continue,
+    /// The client closed the session (close packet or close frame).
+    Closed,
+}
 
-    // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, rx, &socket)
+/// switchboard patch (PATCHES.md, "one task per connection"): reads the
+/// websocket, writes the socket's queued packets to it and, for a session
+/// that began on websocket, runs its heartbeat, all in the one task that
+/// handles the upgrade. Upstream splits the stream and runs a writer task and
+/// a heartbeat task beside the reader; that costs two more tasks, a lock
+/// around the split halves and a cross-task wakeup for every packet sent.
+async fn run<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    mut ws: WebSocketStream<S>,
+    socket: Arc<Socket<H::Data>>,
+    heartbeat: Option<(std::time::Duration, std::time::Duration)>,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // A polling request that was in progress during the upgrade may still hold the lock.
+    let Some(mut internal_rx) = socket
+        .internal_rx
+        .lock()
         .with_cancellation_token(&socket.cancellation_token)
         .await
-    {
+    else {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(sid = %socket.id, "session closed before starting the ws loop");
+        return Ok(());
+    };
+    let InternalRx {
+        buffered_rx,
+        volatile_rx,
+        ..
+    } = &mut *internal_rx;
+
+    let heartbeat = async {
+        match heartbeat {
+            Some((interval, timeout)) => socket.run_heartbeat(interval, timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(heartbeat);
+    // A finished future must not be polled again.
+    let mut beating = true;
+
+    // `None`: the session was closed (cancelled) from elsewhere.
+    let mut outcome: Option<Result<(), Error>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            items = buffered_rx.recv() => match items {
+                Some(packets) => {
+                    write_packets(&socket, &mut ws, packets).await;
+                    while let Ok(packets) = buffered_rx.try_recv() {
+                        write_packets(&socket, &mut ws, packets).await;
+                    }
+                }
+                None => break,
+            },
+            _ = socket.cancellation_token.cancelled() => break,
+            Ok(()) = volatile_rx.changed() => {
+                let val = volatile_rx.borrow_and_update().clone();
+                if let Some(packets) = val {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                    write_packets(&socket, &mut ws, packets).await;
+                }
+            },
+            msg = ws.next() => {
+                let read = match msg {
+                    None => Ok(Read::Closed),
+                    Some(Err(e)) => Err(Error::from(e)),
+                    Some(Ok(msg)) => on_message(engine, msg, &socket),
+                };
+                match read {
+                    Ok(Read::Continue) => {}
+                    Ok(Read::Closed) => {
+                        outcome = Some(Ok(()));
+                        break;
+                    }
+                    Err(e) => {
+                        outcome = Some(Err(e));
+                        break;
+                    }
+                }
+            },
+            // The heartbeat closes the session itself when it fails; the
+            // cancellation branch then ends the loop.
+            () = &mut heartbeat, if beating => beating = false,
+        }
+        #[cfg(feature = "tracing")]
+        tracing::trace!(sid = %socket.id, "ws flush");
+        ws.flush().await.ok();
+    }
+
+    match outcome {
         Some(Err(ref e)) => {
             let reason =
                 Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
-
             #[cfg(feature = "tracing")]
             tracing::debug!("error when handling packet: {:?}", e);
             engine.close_session(socket.id, reason);
@@ -192,163 +283,102 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    Ok(())
-}
 
-/// Forwards all packets received from a websocket to a EngineIo [`Socket`]
-async fn forward_to_handler<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
-    socket: &Arc<Socket<H::Data>>,
-) -> Result<(), Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    while let Some(msg) = rx.try_next().await? {
-        match msg {
-            Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
-                Packet::Close => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] closing session", socket.id);
-                    engine.close_session(socket.id, DisconnectReason::TransportClose);
-                    break;
-                }
-                Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
-                    Ok::<(), Error>(())
-                }
-                Packet::Message(msg) => {
-                    engine.handler.on_message(msg, socket.clone());
-                    Ok(())
-                }
-                p => return Err(Error::BadPacket(p)),
-            },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
-            }
-            Message::Close(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("websocket closed, closing session");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-                break;
-            }
-            _ => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "unexpected ws message");
-                Ok(())
-            }
-        }?
-    }
-    Ok(())
-}
-
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
+    // What the session queued before it closed (a disconnect packet) still
+    // goes out before the close frame, as with upstream's writer task. The
+    // client may be gone or not reading: bound the wait.
+    let drain = async {
+        while let Ok(packets) = buffered_rx.try_recv() {
+            write_packets(&socket, &mut ws, packets).await;
+        }
+        ws.flush().await.ok();
+        ws.close(None).await.ok();
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    tokio::time::timeout(engine.config.ping_timeout, drain).await.ok();
+    Ok(())
+}
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
+/// Handles one frame read from the websocket.
+fn on_message<H: EngineIoHandler>(
+    engine: &Arc<EngineIo<H>>,
+    msg: Message,
+    socket: &Arc<Socket<H::Data>>,
+) -> Result<Read, Error> {
+    match msg {
+        Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
+            Packet::Close => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("[sid={}] closing session", socket.id);
+                Ok(Read::Closed)
+            }
+            Packet::Pong | Packet::Ping => {
+                // A full channel means that the client is already known to be alive.
+                socket.heartbeat_tx.try_send(()).ok();
+                Ok(Read::Continue)
+            }
+            Packet::Message(msg) => {
+                engine.handler.on_message(msg, socket.clone());
+                Ok(Read::Continue)
+            }
+            p => Err(Error::BadPacket(p)),
+        },
+        Message::Binary(mut data) => {
+            if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
+                // The first byte is the message type, which we don't need.
+                data = data.split_off(1);
+            }
+            engine.handler.on_binary(data, socket.clone());
+            Ok(Read::Continue)
         }
+        Message::Close(_) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("websocket closed, closing session");
+            Ok(Read::Closed)
+        }
+        _ => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "unexpected ws message");
+            Ok(Read::Continue)
+        }
+    }
+}
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
-        tokio::select! {
-            biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
+/// Feeds packets to the websocket (flushed by the caller once the queue is drained).
+async fn write_packets<D, S>(socket: &Socket<D>, ws: &mut WebSocketStream<S>, packets: PacketBuf)
+where
+    D: Default + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    for item in packets {
+        let res = match item {
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                if socket.protocol == ProtocolVersion::V3 {
+                    // v3 protocol requires packet type as the first byte.
+                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                    let mut buff = Vec::with_capacity(bin.len() + 1);
+                    buff.push(0x04);
+                    buff.extend(bin);
+                    ws.feed(Message::Binary(buff.into())).await
+                } else {
+                    ws.feed(Message::Binary(bin)).await
                 }
             }
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
-                }
+            // A Noop Packet maybe sent by the server to upgrade from a polling connection
+            // In the case that the packet was not poll in time it will remain in the buffer and therefore
+            // it should be discarded here
+            Packet::Noop => Ok(()),
+            item => match String::try_from(item) {
+                Ok(packet) => ws.feed(Message::Text(packet.into())).await,
+                Err(_) => Ok(()),
             },
+        };
+        if let Err(_e) = res {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
         }
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
     }
-
-    #[cfg(feature = "tracing")]
-    tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    tx.close().await.ok();
 }
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -505,15 +535,20 @@ mod tests {
         )
     }
 
+    fn engine() -> Arc<EngineIo<StubHandler>> {
+        Arc::new(EngineIo::new(Arc::new(StubHandler), EngineIoConfig::default()))
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
         let socket = socket();
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let engine = engine();
+        let sock = socket.clone();
+        let writer = tokio::spawn(async move { run(&engine, server, sock, None).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -531,16 +566,70 @@ mod tests {
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let socket = socket();
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let engine = engine();
+        let sock = socket.clone();
+        let writer = tokio::spawn(async move { run(&engine, server, sock, None).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
         tokio::time::timeout(TIMEOUT, writer)
             .await
             .expect("the writer should stop")
+            .unwrap()
             .unwrap();
+    }
+
+    /// One task reads, writes and runs the heartbeat: a ping is written, the
+    /// pong read back keeps the session, and a message read reaches the
+    /// handler while packets queued meanwhile are written.
+    #[tokio::test(start_paused = true)]
+    async fn one_task_reads_writes_and_beats() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let engine = engine();
+        let sock = socket.clone();
+        let interval = Duration::from_secs(25);
+        let conn = tokio::spawn(async move {
+            run(&engine, server, sock, Some((interval, Duration::from_secs(20)))).await
+        });
+
+        for _ in 0..3 {
+            let ping = tokio::time::timeout(interval * 2, client.next())
+                .await
+                .expect("a ping each interval")
+                .unwrap()
+                .unwrap();
+            assert_eq!(ping, Message::text("2"));
+            client.send(Message::text("3")).await.unwrap();
+        }
+        socket.emit(Str::from("hello")).unwrap();
+        let msg = client.next().await.unwrap().unwrap();
+        assert_eq!(msg, Message::text("4hello"));
+        assert!(!conn.is_finished());
+        assert!(!socket.cancellation_token.is_cancelled());
+    }
+
+    /// Without a pong the heartbeat closes the session and the loop ends,
+    /// sending a close frame.
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_pong_ends_the_loop() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let engine = engine();
+        let sock = socket.clone();
+        let conn = tokio::spawn(async move {
+            run(&engine, server, sock, Some((Duration::from_secs(1), Duration::from_secs(1)))).await
+        });
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("2"));
+        // The test socket's close_fn does nothing; the engine would cancel it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, conn).await.expect("the loop should end").unwrap().unwrap();
+        // The engine.io close packet queued by the heartbeat goes out first.
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("1"));
+        let last = client.next().await;
+        assert!(matches!(last, Some(Ok(Message::Close(_)))), "{last:?}");
     }
 }
