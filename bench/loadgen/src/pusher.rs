@@ -196,9 +196,13 @@ pub fn signed_query(app: &App, method: &str, path: &str, body: &[u8], timestamp:
     format!("{query}&auth_signature={}", hex(&mac.finalize().into_bytes()))
 }
 
-/// One keep-alive HTTP/1.1 connection to the HTTP API; one request at a time.
+/// One HTTP/1.1 connection to the HTTP API, one request at a time; kept alive
+/// where the server allows it (Soketi answers every request with
+/// `Connection: close`, so its publishers reconnect for each trigger).
 pub struct Publisher {
-    conn: BufReader<TcpStream>,
+    conn: Option<BufReader<TcpStream>>,
+    target: SocketAddr,
+    src: IpAddr,
     host_header: String,
     app: App,
 }
@@ -207,7 +211,9 @@ impl Publisher {
     pub async fn connect(target: &Target, src: IpAddr, app: App) -> anyhow::Result<Self> {
         let tcp = tcp_from(src, target.addr).await?;
         Ok(Self {
-            conn: BufReader::new(tcp),
+            conn: Some(BufReader::new(tcp)),
+            target: target.addr,
+            src,
             host_header: target.host_header.clone(),
             app,
         })
@@ -227,13 +233,22 @@ impl Publisher {
             self.host_header,
             body.len()
         );
-        self.conn.get_mut().write_all(req.as_bytes()).await?;
-        self.read_response().await
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => BufReader::new(tcp_from(self.src, self.target).await?),
+        };
+        let conn = self.conn.insert(conn);
+        conn.get_mut().write_all(req.as_bytes()).await?;
+        let (status, body, close) = Self::read_response(conn).await?;
+        if close {
+            self.conn = None;
+        }
+        Ok((status, body))
     }
 
-    async fn read_response(&mut self) -> anyhow::Result<(u16, String)> {
+    async fn read_response(conn: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, String, bool)> {
         let mut line = String::new();
-        if self.conn.read_line(&mut line).await? == 0 {
+        if conn.read_line(&mut line).await? == 0 {
             bail!("connection closed before the answer");
         }
         let status: u16 = line
@@ -244,7 +259,7 @@ impl Publisher {
         let (mut length, mut chunked, mut close) = (0usize, false, false);
         loop {
             line.clear();
-            if self.conn.read_line(&mut line).await? == 0 {
+            if conn.read_line(&mut line).await? == 0 {
                 bail!("connection closed in the headers");
             }
             let l = line.trim_end();
@@ -265,11 +280,11 @@ impl Publisher {
         if chunked {
             loop {
                 line.clear();
-                self.conn.read_line(&mut line).await?;
+                conn.read_line(&mut line).await?;
                 let size =
                     usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).context("bad chunk size")?;
                 let mut chunk = vec![0; size + 2];
-                self.conn.read_exact(&mut chunk).await?;
+                conn.read_exact(&mut chunk).await?;
                 if size == 0 {
                     break;
                 }
@@ -277,17 +292,14 @@ impl Publisher {
             }
         } else {
             body.resize(length, 0);
-            self.conn.read_exact(&mut body).await?;
-        }
-        if close {
-            bail!("server closed the keep-alive connection (status {status})");
+            conn.read_exact(&mut body).await?;
         }
         let text = if status == 200 {
             String::new()
         } else {
             String::from_utf8_lossy(&body).into_owned()
         };
-        Ok((status, text))
+        Ok((status, text, close))
     }
 }
 
