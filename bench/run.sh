@@ -15,6 +15,15 @@
 #                any loss, bisect once, then RUNS confirmation runs at the best rate
 #   max-dm       the same for dm with p99 <= 20 ms
 #
+# Pusher protocol (pusher-js's wire at /app/{key}, triggers through the signed HTTP
+# API), switchboard against Soketi 1.6.1 (bench/soketi, installed with npm ci);
+# SERVERS defaults to "switchboard soketi" for these. bench/pusher.sh runs them all.
+#   pusher-idle         PUSHER_IDLE_CONNS connections, each subscribed to a public
+#                       channel (PUSHER_IDLE_CHANNEL_SIZE per channel), RSS per connection
+#   pusher-fanout       PUSHER_CHANNELS x PUSHER_MEMBERS subscribers, PUSHER_PUBLISHERS
+#                       (one keep-alive HTTP connection each) at PUSHER_RATE triggers/s each
+#   max-pusher-fanout   per server: the best PUSHER_RATE with p99 <= 50 ms and no loss
+#
 # Every setting below can be overridden from the environment. Results (one JSON
 # per run, plus summary.txt) go to $OUT (default bench/results/<UTC time>).
 set -euo pipefail
@@ -27,7 +36,20 @@ RUNS="${RUNS:-3}"
 DURATION="${DURATION:-10}"          # measured seconds per run
 WARMUP="${WARMUP:-2}"
 SECRET="${SECRET:-bench-secret-$RANDOM$RANDOM}"
-SERVERS="${SERVERS:-switchboard reference}"
+case "$MODE" in
+  pusher-* | max-pusher-*) SERVERS="${SERVERS:-switchboard soketi}"; PUSHER_MODE=1 ;;
+  *) SERVERS="${SERVERS:-switchboard reference}"; PUSHER_MODE=0 ;;
+esac
+PUSHER_APP_ID="${PUSHER_APP_ID:-bench}"
+PUSHER_KEY="${PUSHER_KEY:-bench-key}"
+PUSHER_SECRET="${PUSHER_SECRET:-bench-app-secret-$RANDOM$RANDOM}"
+export PUSHER_APP_ID PUSHER_KEY PUSHER_SECRET # the loadgen reads them too
+PUSHER_IDLE_CONNS="${PUSHER_IDLE_CONNS:-10000}"
+PUSHER_IDLE_CHANNEL_SIZE="${PUSHER_IDLE_CHANNEL_SIZE:-10}"
+PUSHER_CHANNELS="${PUSHER_CHANNELS:-1}"
+PUSHER_MEMBERS="${PUSHER_MEMBERS:-100}"
+PUSHER_PUBLISHERS="${PUSHER_PUBLISHERS:-10}"
+PUSHER_RATE="${PUSHER_RATE:-20}"    # per publisher
 IDLE_CONNS="${IDLE_CONNS:-19000}"
 IDLE_ROOM_SIZE="${IDLE_ROOM_SIZE:-10}"
 IDLE_HOLD="${IDLE_HOLD:-5}"
@@ -57,9 +79,14 @@ log "building switchboard (release)"
 (cd "$ROOT" && cargo build --release --quiet)
 log "building the load generator"
 (cd "$HERE/loadgen" && cargo build --release --quiet)
-if [ ! -d "$HERE/reference/node_modules/socket.io" ]; then
+if [[ " $SERVERS " == *" reference "* ]] && [ ! -d "$HERE/reference/node_modules/socket.io" ]; then
   log "installing the reference server's dependencies"
   (cd "$HERE/reference" && npm ci --no-audit --no-fund --silent)
+fi
+SOKETI="$HERE/soketi/node_modules/@soketi/soketi/bin/server.js"
+if [[ " $SERVERS " == *" soketi "* ]] && [ ! -f "$SOKETI" ]; then
+  log "installing Soketi (bench/soketi)"
+  (cd "$HERE/soketi" && npm ci --no-audit --no-fund --silent)
 fi
 
 # As many open files as this machine allows (the hard limit).
@@ -73,7 +100,11 @@ log "open files limit: $(ulimit -n); results in $OUT"
   echo "kernel: $(uname -r)"
   echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "switchboard: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "node: $(node --version); socket.io $(node -p "require('$HERE/reference/node_modules/socket.io/package.json').version")"
+  echo "node: $(node --version)"
+  [ ! -d "$HERE/reference/node_modules/socket.io" ] ||
+    echo "reference: socket.io $(node -p "require('$HERE/reference/node_modules/socket.io/package.json').version")"
+  [ ! -f "$SOKETI" ] ||
+    echo "soketi: $(node -p "require('$HERE/soketi/node_modules/@soketi/soketi/package.json').version")"
 } > "$OUT/machine.txt"
 
 # --- servers -----------------------------------------------------------------
@@ -91,23 +122,39 @@ next_port() {
   done
 }
 
-start_server() { # $1 = switchboard|reference; sets SERVER_PID, PORT
+start_server() { # $1 = switchboard|reference|soketi; sets SERVER_PID, PORT
   next_port
-  local name="$1" slog="$OUT/server-$1-$PORT.log"
+  local name="$1" slog="$OUT/server-$1-$PORT.log" health="/healthz"
   if [ "$name" = switchboard ]; then
     DBDIR="$(mktemp -d /tmp/sb-bench-db.XXXXXX)"
-    JWT_SECRET="$SECRET" PORT="$PORT" HOST=127.0.0.1 \
+    # The Pusher app only for the Pusher modes, so the Socket.IO figures stay comparable.
+    local pusher_env=()
+    [ "$PUSHER_MODE" = 0 ] || pusher_env=(PUSHER_APP_ID="$PUSHER_APP_ID" PUSHER_KEY="$PUSHER_KEY" PUSHER_SECRET="$PUSHER_SECRET")
+    env "${pusher_env[@]}" JWT_SECRET="$SECRET" PORT="$PORT" HOST=127.0.0.1 \
       DATABASE_URL="sqlite://$DBDIR/switchboard.db" \
       RATE_LIMIT_PER_SEC=100000000 RATE_LIMIT_BURST=100000000 \
       SHUTDOWN_TIMEOUT_SECS=3 RUST_LOG="${SB_LOG:-warn}" \
       "$SWITCHBOARD" >"$slog" 2>&1 &
+  elif [ "$name" = soketi ]; then
+    local port="$PORT"; next_port # its metrics server needs a port of its own
+    health="/"
+    # One app; limits off (-1 is Soketi's "unlimited"); local adapter, no metrics.
+    SOKETI_HOST=127.0.0.1 SOKETI_PORT="$port" SOKETI_METRICS_SERVER_PORT="$PORT" \
+      SOKETI_METRICS_ENABLED=false SOKETI_DEBUG=false \
+      SOKETI_DEFAULT_APP_ID="$PUSHER_APP_ID" SOKETI_DEFAULT_APP_KEY="$PUSHER_KEY" \
+      SOKETI_DEFAULT_APP_SECRET="$PUSHER_SECRET" SOKETI_DEFAULT_APP_MAX_CONNS=-1 \
+      SOKETI_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SEC=-1 SOKETI_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SEC=-1 \
+      SOKETI_DEFAULT_APP_MAX_READ_REQ_PER_SEC=-1 SOKETI_PRESENCE_MAX_MEMBERS=100000 \
+      SOKETI_SHUTDOWN_GRACE_PERIOD=1000 \
+      node "$SOKETI" start >"$slog" 2>&1 &
+    PORT="$port"
   else
     JWT_SECRET="$SECRET" PORT="$PORT" HOST=127.0.0.1 \
       node "$HERE/reference/server.mjs" >"$slog" 2>&1 &
   fi
   SERVER_PID=$!
   for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then return 0; fi
+    if curl -fsS -o /dev/null "http://127.0.0.1:$PORT$health" 2>/dev/null; then return 0; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then log "$name exited at start: $(tail -5 "$slog")"; return 1; fi
     sleep 0.1
   done
@@ -176,12 +223,14 @@ run_one() {
 idle_args()   { echo idle --conns "$IDLE_CONNS" --room-size "$IDLE_ROOM_SIZE" --duration "$IDLE_HOLD"; }
 fanout_args() { echo fanout --rooms "$FANOUT_ROOMS" --members "$FANOUT_MEMBERS" --senders "$FANOUT_SENDERS" --rate "$1" --duration "$DURATION" --warmup "$WARMUP"; }
 dm_args()     { echo dm --pairs "$DM_PAIRS" --rate "$1" --duration "$DURATION" --warmup "$WARMUP"; }
+pusher_idle_args()   { echo pusher-idle --conns "$PUSHER_IDLE_CONNS" --channel-size "$PUSHER_IDLE_CHANNEL_SIZE" --duration "$IDLE_HOLD"; }
+pusher_fanout_args() { echo pusher-fanout --channels "$PUSHER_CHANNELS" --members "$PUSHER_MEMBERS" --publishers "$PUSHER_PUBLISHERS" --rate "$1" --duration "$DURATION" --warmup "$WARMUP"; }
 
 alternate() { # tag args-function [rate]; e.g. FANOUT_RATE_REFERENCE overrides the rate for one server
   local tag="$1" fn="$2" rate="${3:-}" i server own
   for i in $(seq 1 "$RUNS"); do
     for server in $SERVERS; do
-      own="${tag^^}_RATE_${server^^}"
+      own="${tag^^}"; own="${own//-/_}_RATE_${server^^}" # e.g. PUSHER_FANOUT_RATE_SOKETI
       # shellcheck disable=SC2046
       run_one "$server" "$tag" $($fn ${!own:-$rate}) >/dev/null || true
     done
@@ -227,7 +276,12 @@ case "$MODE" in
   dm)         alternate dm dm_args "$DM_RATE" ;;
   max-fanout) search fanout fanout_args "$FANOUT_RATE" "$FANOUT_P99_MS" ;;
   max-dm)     search dm dm_args "$DM_RATE" "$DM_P99_MS" ;;
-  *) echo "usage: $0 [all|idle|fanout|dm|max-fanout|max-dm]" >&2; exit 2 ;;
+  pusher-all) alternate pusher-idle pusher_idle_args; alternate pusher-fanout pusher_fanout_args "$PUSHER_RATE"
+              search pusher-fanout pusher_fanout_args "$PUSHER_RATE" "$FANOUT_P99_MS" ;;
+  pusher-idle)   alternate pusher-idle pusher_idle_args ;;
+  pusher-fanout) alternate pusher-fanout pusher_fanout_args "$PUSHER_RATE" ;;
+  max-pusher-fanout) search pusher-fanout pusher_fanout_args "$PUSHER_RATE" "$FANOUT_P99_MS" ;;
+  *) echo "usage: $0 [all|idle|fanout|dm|max-fanout|max-dm|pusher-all|pusher-idle|pusher-fanout|max-pusher-fanout]" >&2; exit 2 ;;
 esac
 
 node "$HERE/summarize.mjs" "$OUT" | tee "$OUT/summary.txt"

@@ -33,7 +33,7 @@ function failures(j, p99) {
 
 function line(j) {
   const load = (j.loadavg_start ?? [])[0];
-  if (j.scenario === 'idle') {
+  if (j.scenario.endsWith('idle')) {
     return `${j.server} idle: ${j.connected} conns in ${j.connect_secs}s, ` +
       `${((j.server_rss_bytes_per_conn ?? 0) / 1024).toFixed(1)} KiB/conn, ` +
       `server cpu ${get(j, 'connect_phase.server_cpu_cores')} cores while connecting, ` +
@@ -103,12 +103,13 @@ function table(dir) {
   const out = [];
   for (const tag of tags) {
     const isSearch = tag.endsWith('-search');
-    const kind = tag === 'idle' ? 'idle' : 'traffic';
+    const kind = tag.endsWith('idle') ? 'idle' : 'traffic';
     const cols = COLUMNS[kind];
     out.push('', `## ${tag}${isSearch ? ' (every run)' : ' (median, min–max)'}`, '');
     const head = ['server', 'runs', ...cols.map((c) => c[0])];
     if (isSearch) head.push('verdict');
     const rows = [head];
+    const medians = []; // [server, per column: its runs' values]
     for (const [key, js] of groups) {
       if (!key.startsWith(`${tag}\u0000`)) continue;
       const val = (j, c) => (typeof c[1] === 'function' ? c[1](j) : get(j, c[1]));
@@ -120,7 +121,16 @@ function table(dir) {
         }
       } else {
         rows.push([js[0].server, String(js.length), ...cols.map((c) => cell(js.map((j) => val(j, c))))]);
+        medians.push([js[0].server, cols.map((c) => js.map((j) => val(j, c)).filter((x) => typeof x === 'number'))]);
       }
+    }
+    // The first server against each other one: the ratio of their medians, per column.
+    for (const [other, vals] of medians.slice(1)) {
+      const [first, firstVals] = medians[0];
+      rows.push([`${first}/${other}`, '', ...cols.map((_, i) => {
+        const [a, b] = [firstVals[i], vals[i]];
+        return a.length && b.length && median(b) !== 0 ? `${fmt(median(a) / median(b))}x` : '–';
+      })]);
     }
     const widths = head.map((_, i) => Math.max(...rows.map((r) => r[i].length)));
     rows.forEach((r, n) => {

@@ -7,8 +7,10 @@
 # spread over two nodes sharing that Postgres and a throwaway redis-server,
 # plus compat-tests/test/cluster.test.mjs) when redis-server is installed too.
 # Last, client-demo (the legacy Next.js app after its move): its migration budget
-# against ../shared/legacy-pusher-app, then the real-browser test (headless Debian
-# Chromium driven by playwright-core, `next build` + `next start`, the release binary).
+# against ../shared/legacy-pusher-app, then the real-browser tests (headless Debian
+# Chromium driven by playwright-core, `next build` + `next start`, the release binary):
+# the unmodified legacy app (pusher-js) chatting with client-demo (socket.io), then
+# client-demo alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -136,7 +138,7 @@ fi
 echo "== client-demo: migration budget against the legacy app (scripts/migration-budget.mjs)"
 node scripts/migration-budget.mjs
 
-echo "== client-demo: real browser (headless Chromium + playwright-core, next build/start, SQLite)"
+echo "== client-demo: real browser, legacy app + client-demo, then client-demo (headless Chromium + playwright-core, next build/start, SQLite)"
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian's chromium (the test never downloads a browser)"
@@ -148,4 +150,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 (cd client-demo && npm ci --no-audit --no-fund --loglevel=error)
-env -u SB_TEST_REDIS -u SB_TEST_POSTGRES npm --prefix client-demo run e2e
+# One switchboard port for both browser tests: client-demo's build bakes it in, so the
+# second test reuses the first one's build (mixed.test.mjs builds it beside the legacy app).
+E2E_SWITCHBOARD_PORT=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close() })')
+env -u SB_TEST_REDIS -u SB_TEST_POSTGRES E2E_SWITCHBOARD_PORT="$E2E_SWITCHBOARD_PORT" npm --prefix client-demo run e2e

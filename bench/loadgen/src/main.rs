@@ -5,9 +5,11 @@
 //!   loadgen idle   --url ws://127.0.0.1:7071 --secret S --server-pid PID --conns 19000
 //!   loadgen fanout --url … --rooms 1 --members 100 --senders 10 --rate 50
 //!   loadgen dm     --url … --pairs 200 --rate 10
+//!   loadgen pusher-idle / pusher-fanout: the same over Pusher protocol 7 (see pusher.rs)
 
 mod proc;
 mod proto;
+mod pusher;
 mod stats;
 
 use std::{
@@ -33,7 +35,7 @@ use crate::{
 #[derive(Parser)]
 #[command(
     name = "loadgen",
-    about = "Socket.IO load generator for switchboard benchmarks (loopback only)"
+    about = "Socket.IO and Pusher-protocol load generator for switchboard benchmarks (loopback only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +80,36 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         rate: f64,
     },
+    /// N Pusher-protocol connections at /app/{key}, each subscribed to a public channel, held idle.
+    PusherIdle {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        app: pusher::App,
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Subscribers per channel.
+        #[arg(long, default_value_t = 10)]
+        channel_size: usize,
+    },
+    /// C public channels × M Pusher-protocol subscribers; P publishers trigger
+    /// through the signed HTTP API at r/s each; every subscriber counts deliveries.
+    PusherFanout {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        app: pusher::App,
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Publishers in all, each one keep-alive HTTP connection (channels round-robin).
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        /// Triggers per second per publisher.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -87,8 +119,8 @@ struct Common {
     /// (i mod n)-th, so in `dm` the two sides of every pair are on different nodes.
     #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:7071")]
     url: Vec<String>,
-    /// HS256 secret the server verifies tokens with.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    /// HS256 secret the server verifies tokens with (the Socket.IO scenarios).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = "")]
     secret: String,
     /// Server process id(s), comma-separated, for their CPU (/proc/PID/stat)
     /// and RSS (/proc/PID/status), summed.
@@ -288,6 +320,20 @@ async fn main() -> anyhow::Result<()> {
                 "offered_deliveries_per_s": senders.len() as f64 * rate * members as f64 });
             traffic("fanout", common, params, room_names, senders, rate, members as u64).await?
         }
+        Scenario::PusherIdle {
+            common,
+            app,
+            conns,
+            channel_size,
+        } => pusher::idle(common, app, conns, channel_size, nofile).await?,
+        Scenario::PusherFanout {
+            common,
+            app,
+            channels,
+            members,
+            publishers,
+            rate,
+        } => pusher::fanout(common, app, channels, members, publishers, rate).await?,
         Scenario::Dm { common, pairs, rate } => {
             let mut room_names = Vec::with_capacity(pairs * 2);
             for p in 0..pairs {
@@ -308,6 +354,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn idle(common: Common, conns: usize, room_size: usize, nofile: u64) -> anyhow::Result<Value> {
+    if common.secret.is_empty() {
+        bail!("--secret (JWT_SECRET) is required");
+    }
     let targets = loopback_targets(&common.url)?;
     let stats = Arc::new(Stats::new());
     let mut out = base_json(
@@ -390,6 +439,9 @@ async fn traffic(
 ) -> anyhow::Result<Value> {
     if rate <= 0.0 {
         bail!("--rate must be positive");
+    }
+    if common.secret.is_empty() {
+        bail!("--secret (JWT_SECRET) is required");
     }
     let targets = loopback_targets(&common.url)?;
     let stats = Arc::new(Stats::new());

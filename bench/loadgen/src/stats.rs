@@ -116,7 +116,12 @@ impl Stats {
             self.bad_frames.fetch_add(1, Relaxed);
             return;
         };
-        let text = &rest[at + KEY.len()..];
+        self.on_marker(&rest[at + KEY.len()..]);
+    }
+
+    /// A delivered benchmark text (from its marker on, to the end of the
+    /// frame): a measured one counts, with its latency; a warm-up one doesn't.
+    pub fn on_marker(&self, text: &str) {
         let measured = match text.as_bytes().first() {
             Some(b'M') => true,
             Some(b'W') => false,
@@ -172,12 +177,28 @@ impl Stats {
 
     /// An ack to `send-message`: `[{"ok":true,…}]` or `[{"ok":false,"error":{"code":…}}]`.
     pub fn on_send_ack(&self, ack: &str, measured: bool, sent_us: u64, room_size: u64) {
+        let result = if ack.contains("\"ok\":true") {
+            Ok(())
+        } else {
+            Err(serde_json::from_str::<Value>(ack)
+                .ok()
+                .and_then(|v| v[0]["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("unparsed: {ack:.60}")))
+        };
+        self.on_published(result, measured, sent_us, room_size);
+    }
+
+    /// A send's outcome (an ack, or an HTTP API answer): on success the
+    /// `fanout` deliveries it owes become expected; a failure is tallied by its code.
+    pub fn on_published(&self, result: Result<(), String>, measured: bool, sent_us: u64, fanout: u64) {
         self.inflight.fetch_sub(1, Relaxed);
         let now = now_us();
-        if ack.contains("\"ok\":true") {
+        if let Err(code) = result {
+            *self.ack_errors.lock().expect("errors lock").entry(code).or_default() += 1;
+        } else {
             if measured {
                 self.acked_ok_measured.fetch_add(1, Relaxed);
-                self.expected_measured.fetch_add(room_size, Relaxed);
+                self.expected_measured.fetch_add(fanout, Relaxed);
                 self.last_ack_us.fetch_max(now, Relaxed);
                 let _ = self
                     .ack_latency
@@ -187,12 +208,6 @@ impl Stats {
             } else {
                 self.acked_ok_warmup.fetch_add(1, Relaxed);
             }
-        } else {
-            let code = serde_json::from_str::<Value>(ack)
-                .ok()
-                .and_then(|v| v[0]["error"]["code"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("unparsed: {ack:.60}"));
-            *self.ack_errors.lock().expect("errors lock").entry(code).or_default() += 1;
         }
     }
 
