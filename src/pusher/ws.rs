@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Forwarded, PresentedAuth, auth_shim::identity_of, new_socket_id};
 use crate::{
     broadcast::Audience,
-    chat::{Chat, Conn, Seeker},
+    chat::{Chat, Conn, Membership, Seeker},
     domain::{Identity, Member, RoomId, RoomKind, UserId},
     error::ChatError,
     subscribers::{Farewell, RoomEvent, Subscriber},
@@ -517,16 +517,7 @@ impl Session {
         } else {
             asking
         };
-        let subscribers = self.chat.broadcaster().subscribers();
-        subscribers.join(room.as_str(), &self.link.socket_id, member.key(), self.link.clone());
-        conn.insert(room.clone(), member.clone());
-        self.link.channels().insert(room.clone(), conn.clone());
-        if let Err(e) = self.chat.entered(&conn, &room, &member).await {
-            self.link.channels().remove(&room);
-            conn.remove(&room);
-            subscribers.leave(room.as_str(), &self.link.socket_id);
-            return Err(e);
-        }
+        self.chat.enter(&conn, &room, member, &self.via(&conn)).await?;
         self.subscribed(&room).await
     }
 
@@ -545,15 +536,22 @@ impl Session {
     }
 
     async fn unsubscribe(&mut self, room: &RoomId) {
-        let Some(conn) = self.link.channels().remove(room) else {
+        let Some(conn) = self.link.channels().get(room).cloned() else {
             return;
         };
-        self.chat
-            .broadcaster()
-            .subscribers()
-            .leave(room.as_str(), &self.link.socket_id);
-        if let Some(member) = conn.remove(room) {
-            self.chat.left(&conn, room, &member).await;
+        let via = self.via(&conn);
+        if !self.chat.leave(&conn, room, &via).await {
+            via.leave(room);
+        }
+    }
+
+    /// How the chat's join/leave sequence moves this connection in and out
+    /// of a channel, holding `conn`'s identity there.
+    fn via<'a>(&'a self, conn: &'a Arc<Conn>) -> Via<'a> {
+        Via {
+            link: &self.link,
+            conn,
+            chat: &self.chat,
         }
     }
 
@@ -599,14 +597,41 @@ impl Session {
 
     /// The connection closed: leave every channel as a socket's disconnect does.
     async fn close(&mut self) {
-        let joined: Vec<(RoomId, Arc<Conn>)> = self.link.channels().drain().collect();
+        let joined: Vec<RoomId> = self.link.channels().drain().map(|(room, _)| room).collect();
         let subscribers = self.chat.broadcaster().subscribers();
-        subscribers.disconnect(&self.link.socket_id, joined.iter().map(|(room, _)| room.as_str()));
-        for (room, conn) in joined {
-            if let Some(member) = conn.remove(&room) {
-                self.chat.left(&conn, &room, &member).await;
-            }
+        subscribers.disconnect(&self.link.socket_id, joined.iter().map(RoomId::as_str));
+        for conn in self.conns.values() {
+            self.chat.disconnected(conn).await;
         }
+    }
+}
+
+/// One chat connection of a Pusher connection, as the chat's join/leave
+/// sequence sees it: the broadcaster's subscriber list and the link's
+/// channel → identity map.
+struct Via<'a> {
+    link: &'a Arc<Link>,
+    conn: &'a Arc<Conn>,
+    chat: &'a Chat,
+}
+
+impl Membership for Via<'_> {
+    fn join(&self, room: &RoomId, member: &Member) {
+        let subscribers = self.chat.broadcaster().subscribers();
+        subscribers.join(room.as_str(), &self.link.socket_id, member.key(), self.link.clone());
+        self.link.channels().insert(room.clone(), self.conn.clone());
+    }
+
+    fn leave(&self, room: &RoomId) {
+        self.link.channels().remove(room);
+        let subscribers = self.chat.broadcaster().subscribers();
+        subscribers.leave(room.as_str(), &self.link.socket_id);
+    }
+
+    /// Always: the connection's own task cleans up after the frame it is
+    /// handling, so nothing can be drained under a join.
+    fn connected(&self) -> bool {
+        true
     }
 }
 
