@@ -157,7 +157,7 @@ impl Application {
             if let Some(credentials) = settings.pusher.clone() {
                 router = router.merge(pusher::ws::router(
                     chat.clone(),
-                    credentials.key.clone(),
+                    credentials.clone(),
                     settings.pusher_ws_timing,
                     settings.max_frame_bytes,
                 ));

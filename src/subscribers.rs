@@ -81,6 +81,9 @@ struct Entry {
 pub struct Subscribers {
     rooms: DashMap<Box<str>, Vec<Entry>>,
     conns: DashMap<Arc<str>, Arc<dyn Subscriber>>,
+    /// Socket id → the user it signed in as (Pusher user authentication),
+    /// so the app can terminate a user's connections in no room at all.
+    signed_in: DashMap<Arc<str>, Arc<str>>,
 }
 
 impl Subscribers {
@@ -88,9 +91,15 @@ impl Subscribers {
         self.conns.insert(socket_id.into(), sink);
     }
 
+    /// Records the user a connection authenticated as.
+    pub fn sign_in(&self, socket_id: &str, user_key: &str) {
+        self.signed_in.insert(socket_id.into(), user_key.into());
+    }
+
     /// Forgets a closed connection everywhere.
     pub fn disconnect(&self, socket_id: &str, rooms: impl IntoIterator<Item = impl AsRef<str>>) {
         self.conns.remove(socket_id);
+        self.signed_in.remove(socket_id);
         for room in rooms {
             self.leave(room.as_ref(), socket_id);
         }
@@ -151,10 +160,17 @@ impl Subscribers {
         }
     }
 
-    /// Closes every connection that holds `user_key` in any room.
+    /// Closes every connection that holds `user_key` in any room or signed in as it.
     pub fn terminate_user(&self, user_key: &str) {
         let mut ids = HashSet::new();
         let mut sinks = Vec::new();
+        for signed in self.signed_in.iter().filter(|e| &**e.value() == user_key) {
+            if let Some(sink) = self.conns.get(signed.key())
+                && ids.insert(signed.key().clone())
+            {
+                sinks.push(sink.value().clone());
+            }
+        }
         for entries in self.rooms.iter() {
             for e in entries.iter().filter(|e| &*e.user_key == user_key) {
                 if ids.insert(e.socket_id.clone()) {

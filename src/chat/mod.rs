@@ -4,6 +4,7 @@
 //! through the [`Broadcaster`].
 
 pub mod access;
+mod membership;
 pub mod presence;
 pub mod sessions;
 pub mod typing;
@@ -26,6 +27,7 @@ use crate::{
     store::{Appended, NewMessage, Page, PageQuery, Store},
 };
 pub use access::Seeker;
+pub use membership::Membership;
 use presence::{Presence, RoomStats};
 use sessions::Sessions;
 use typing::Typing;

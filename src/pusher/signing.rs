@@ -75,6 +75,18 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Checks a user authentication's `auth` (`key:signature` over
+    /// `socket_id::user::user_data`, as the `pusher` SDK's `authenticateUser`
+    /// signs it) in constant time.
+    pub fn verify_user_auth(&self, auth: &str, socket_id: &str, user_data: &str) -> bool {
+        let Some((key, signature)) = auth.split_once(':') else {
+            return false;
+        };
+        key == self.key && self.verify(&format!("{socket_id}::user::{user_data}"), signature)
+    }
+}
+
 fn channel_string(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),

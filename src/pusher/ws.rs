@@ -37,10 +37,10 @@ use tokio_tungstenite::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Forwarded, PresentedAuth, auth_shim::identity_of, new_socket_id};
+use super::{Credentials, Forwarded, PresentedAuth, auth_shim::identity_of, new_socket_id};
 use crate::{
     broadcast::Audience,
-    chat::{Chat, Conn, Seeker},
+    chat::{Chat, Conn, Membership, Seeker},
     domain::{Identity, Member, RoomId, RoomKind, UserId},
     error::ChatError,
     subscribers::{Farewell, RoomEvent, Subscriber},
@@ -62,16 +62,17 @@ const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
 
 struct Ws {
     chat: Arc<Chat>,
-    key: String,
+    /// The app's key (the URL's) and secret (user authentication).
+    credentials: Credentials,
     timing: Timing,
     max_frame_bytes: usize,
 }
 
 /// `GET /app/{key}`: the WebSocket endpoint pusher-js connects to.
-pub fn router(chat: Arc<Chat>, key: String, timing: Timing, max_frame_bytes: usize) -> Router {
+pub fn router(chat: Arc<Chat>, credentials: Credentials, timing: Timing, max_frame_bytes: usize) -> Router {
     let ws = Arc::new(Ws {
         chat,
-        key,
+        credentials,
         timing,
         max_frame_bytes,
     });
@@ -97,6 +98,8 @@ enum WsError {
     NoPong,
     #[error("Connection is too slow to keep up: closing")]
     OverCapacity,
+    #[error("Signin refused: {0}")]
+    Signin(String),
     #[error("The app terminated this user's connections")]
     Terminated,
     #[error("Server is restarting or lost this connection: reconnect")]
@@ -108,7 +111,7 @@ impl WsError {
         match self {
             Self::UnknownApp(_) => 4001,
             Self::Protocol(_) => 4007,
-            Self::Terminated => 4009,
+            Self::Signin(_) | Self::Terminated => 4009,
             Self::OverCapacity => 4100,
             Self::BadFrame(_) | Self::ClientEvent(_) | Self::Reconnect => 4200,
             Self::NoPong => 4201,
@@ -160,7 +163,7 @@ async fn upgrade(State(ws): State<Arc<Ws>>, Path(key): Path<String>, req: Reques
             .map(|(_, v)| v.into_owned())
     });
     let forwarded = Forwarded::from_headers(req.headers());
-    let refusal = if key != ws.key {
+    let refusal = if key != ws.credentials.key {
         Some(WsError::UnknownApp(key.chars().take(64).collect()))
     } else {
         match protocol {
@@ -306,6 +309,16 @@ struct Frame {
 }
 
 #[derive(Deserialize)]
+struct Signin {
+    auth: String,
+    user_data: String,
+}
+
+/// The channel pusher-js subscribes to once signed in, for events sent to the
+/// user (`#server-to-user-<id>`).
+const USER_CHANNEL: &str = "#server-to-user-";
+
+#[derive(Deserialize)]
 struct Subscribe {
     channel: String,
     #[serde(default)]
@@ -324,6 +337,9 @@ struct Session {
     conns: HashMap<String, Arc<Conn>>,
     /// The user its first presence channel named: its identity elsewhere.
     user: Option<String>,
+    /// The user `pusher:signin` authenticated it as.
+    signed_in: Option<String>,
+    credentials: Credentials,
 }
 
 async fn run<S>(ws: Arc<Ws>, stream: WebSocketStream<S>, forwarded: Forwarded)
@@ -350,6 +366,8 @@ where
         forwarded,
         conns: HashMap::new(),
         user: None,
+        signed_in: None,
+        credentials: ws.credentials.clone(),
     };
 
     let established = json!({
@@ -418,7 +436,21 @@ impl Session {
         match frame.event.as_str() {
             "pusher:ping" => vec![text(&json!({ "event": "pusher:pong", "data": {} }))],
             "pusher:pong" => Vec::new(),
+            "pusher:signin" => match serde_json::from_value::<Signin>(data_object(frame.data)) {
+                Ok(signin) => match self.signin(signin) {
+                    Ok(reply) => vec![reply],
+                    // Pusher's servers close an unauthorized connection with 4009.
+                    Err(e) => {
+                        self.link.close_with(e);
+                        Vec::new()
+                    }
+                },
+                Err(e) => {
+                    vec![WsError::BadFrame(format!("pusher:signin needs data.auth and data.user_data: {e}")).frame()]
+                }
+            },
             "pusher:subscribe" => match serde_json::from_value::<Subscribe>(data_object(frame.data)) {
+                Ok(sub) if sub.channel.starts_with(USER_CHANNEL) => vec![self.user_channel(&sub.channel)],
                 Ok(sub) => vec![self.subscribe(sub).await],
                 Err(e) => vec![WsError::BadFrame(format!("pusher:subscribe needs data.channel: {e}")).frame()],
             },
@@ -439,6 +471,54 @@ impl Session {
                 vec![WsError::BadFrame(format!("unknown event {shown:?}")).frame()]
             }
         }
+    }
+
+    /// `pusher:signin`: `auth` must sign `socket_id::user::user_data` with the
+    /// app secret, and `user_data` be a JSON object with a non-empty string
+    /// `id`. The user is then the one `terminate_connections` closes.
+    fn signin(&mut self, signin: Signin) -> Result<Message, WsError> {
+        let socket_id = &self.link.socket_id;
+        if !self
+            .credentials
+            .verify_user_auth(&signin.auth, socket_id, &signin.user_data)
+        {
+            return Err(WsError::Signin(
+                "auth does not sign socket_id::user::user_data with this app's secret".into(),
+            ));
+        }
+        let id = serde_json::from_str::<Value>(&signin.user_data)
+            .ok()
+            .and_then(|data| data.get("id").and_then(Value::as_str).map(str::to_owned))
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| WsError::Signin("user_data must be a JSON object with a string id".into()))?;
+        if self.signed_in.as_deref() != Some(id.as_str()) {
+            let subscribers = self.chat.broadcaster().subscribers();
+            subscribers.sign_in(socket_id, &id);
+            self.signed_in = Some(id);
+        }
+        Ok(text(&json!({
+            "event": "pusher:signin_success",
+            "data": { "user_data": signin.user_data },
+        })))
+    }
+
+    /// `#server-to-user-<id>`: accepted for the signed-in user only. Nothing
+    /// is sent on it yet (no `sendToUser`), but pusher-js subscribes to it
+    /// after every signin and must not see an error for it.
+    fn user_channel(&self, channel: &str) -> Message {
+        let id = &channel[USER_CHANNEL.len()..];
+        if self.signed_in.as_deref() == Some(id) {
+            return text(&json!({
+                "event": "pusher_internal:subscription_succeeded",
+                "channel": channel,
+                "data": "{}",
+            }));
+        }
+        text(&json!({
+            "event": "pusher:subscription_error",
+            "channel": channel,
+            "data": { "type": "AuthError", "error": "sign in as this user first (pusher:signin)", "status": 401 },
+        }))
     }
 
     /// The chat connection for `user` (None: the connection's own identity).
@@ -517,16 +597,7 @@ impl Session {
         } else {
             asking
         };
-        let subscribers = self.chat.broadcaster().subscribers();
-        subscribers.join(room.as_str(), &self.link.socket_id, member.key(), self.link.clone());
-        conn.insert(room.clone(), member.clone());
-        self.link.channels().insert(room.clone(), conn.clone());
-        if let Err(e) = self.chat.entered(&conn, &room, &member).await {
-            self.link.channels().remove(&room);
-            conn.remove(&room);
-            subscribers.leave(room.as_str(), &self.link.socket_id);
-            return Err(e);
-        }
+        self.chat.enter(&conn, &room, member, &self.via(&conn)).await?;
         self.subscribed(&room).await
     }
 
@@ -545,15 +616,22 @@ impl Session {
     }
 
     async fn unsubscribe(&mut self, room: &RoomId) {
-        let Some(conn) = self.link.channels().remove(room) else {
+        let Some(conn) = self.link.channels().get(room).cloned() else {
             return;
         };
-        self.chat
-            .broadcaster()
-            .subscribers()
-            .leave(room.as_str(), &self.link.socket_id);
-        if let Some(member) = conn.remove(room) {
-            self.chat.left(&conn, room, &member).await;
+        let via = self.via(&conn);
+        if !self.chat.leave(&conn, room, &via).await {
+            via.leave(room);
+        }
+    }
+
+    /// How the chat's join/leave sequence moves this connection in and out
+    /// of a channel, holding `conn`'s identity there.
+    fn via<'a>(&'a self, conn: &'a Arc<Conn>) -> Via<'a> {
+        Via {
+            link: &self.link,
+            conn,
+            chat: &self.chat,
         }
     }
 
@@ -599,14 +677,41 @@ impl Session {
 
     /// The connection closed: leave every channel as a socket's disconnect does.
     async fn close(&mut self) {
-        let joined: Vec<(RoomId, Arc<Conn>)> = self.link.channels().drain().collect();
+        let joined: Vec<RoomId> = self.link.channels().drain().map(|(room, _)| room).collect();
         let subscribers = self.chat.broadcaster().subscribers();
-        subscribers.disconnect(&self.link.socket_id, joined.iter().map(|(room, _)| room.as_str()));
-        for (room, conn) in joined {
-            if let Some(member) = conn.remove(&room) {
-                self.chat.left(&conn, &room, &member).await;
-            }
+        subscribers.disconnect(&self.link.socket_id, joined.iter().map(RoomId::as_str));
+        for conn in self.conns.values() {
+            self.chat.disconnected(conn).await;
         }
+    }
+}
+
+/// One chat connection of a Pusher connection, as the chat's join/leave
+/// sequence sees it: the broadcaster's subscriber list and the link's
+/// channel → identity map.
+struct Via<'a> {
+    link: &'a Arc<Link>,
+    conn: &'a Arc<Conn>,
+    chat: &'a Chat,
+}
+
+impl Membership for Via<'_> {
+    fn join(&self, room: &RoomId, member: &Member) {
+        let subscribers = self.chat.broadcaster().subscribers();
+        subscribers.join(room.as_str(), &self.link.socket_id, member.key(), self.link.clone());
+        self.link.channels().insert(room.clone(), self.conn.clone());
+    }
+
+    fn leave(&self, room: &RoomId) {
+        self.link.channels().remove(room);
+        let subscribers = self.chat.broadcaster().subscribers();
+        subscribers.leave(room.as_str(), &self.link.socket_id);
+    }
+
+    /// Always: the connection's own task cleans up after the frame it is
+    /// handling, so nothing can be drained under a join.
+    fn connected(&self) -> bool {
+        true
     }
 }
 

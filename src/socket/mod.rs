@@ -18,7 +18,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::{
     auth::AuthError,
-    chat::{Chat, Conn, join_reply, message_reply},
+    chat::{Chat, Conn, Membership, join_reply, message_reply},
     domain::{Draft, Member, RoomId},
     error::ChatError,
     pusher::{Forwarded, new_socket_id},
@@ -131,23 +131,21 @@ fn in_room<A: Adapter>(s: &SocketRef<A>, conn: &Conn, room: &RoomId) -> bool {
     conn.joined(room) && s.rooms().iter().any(|r| r == room.as_str())
 }
 
-/// Puts the socket in `room` as `member` (already admitted): the Socket.IO
-/// room, the connection's record, and presence (`user-online` for a first socket).
-async fn enter<A: Adapter>(
-    s: &SocketRef<A>,
-    chat: &Chat,
-    conn: &Conn,
-    room: &RoomId,
-    member: Member,
-) -> Result<(), ChatError> {
-    s.join(room.to_string());
-    conn.insert(room.clone(), member.clone());
-    if let Err(e) = chat.entered(conn, room, &member).await {
-        conn.remove(room);
-        s.leave(room.to_string());
-        return Err(e);
+/// The socket's Socket.IO rooms, as the chat's join/leave sequence drives them.
+pub(crate) struct Via<'a, A: Adapter>(pub &'a SocketRef<A>);
+
+impl<A: Adapter> Membership for Via<'_, A> {
+    fn join(&self, room: &RoomId, _: &Member) {
+        self.0.join(room.to_string());
     }
-    Ok(())
+
+    fn leave(&self, room: &RoomId) {
+        self.0.leave(room.to_string());
+    }
+
+    fn connected(&self) -> bool {
+        self.0.connected()
+    }
 }
 
 /// Joins the socket's internal rooms and registers every client event.
@@ -159,17 +157,8 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         let room = RoomId::parse(&req.room)?;
         let fresh = !in_room(&s, &conn, &room);
         if fresh {
-            let member = chat
-                .admit_presented(conn.seeker(), &room, req.presented.as_ref())
-                .await?;
-            enter(&s, &chat, &conn, &room, member.clone()).await?;
+            let member = chat.join(&conn, &room, req.presented.as_ref(), &Via(&s)).await?;
             recovery::joined(&s, &chat, &conn, &room, &member).await;
-            // The socket may have gone while we awaited; don't leave a ghost behind.
-            if !s.connected()
-                && let Some(member) = conn.remove(&room)
-            {
-                chat.left(&conn, &room, &member).await;
-            }
         }
         let members = chat.members(&room).await?;
         // A room already joined gets history only when asked with `since`: a
@@ -183,9 +172,7 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
 
     on(s, chat, "leave-room", |chat, s, conn, data| async move {
         let room = RoomId::parse(&RoomRequest::parse(&data)?.room)?;
-        if let Some(member) = conn.remove(&room) {
-            s.leave(room.to_string());
-            chat.left(&conn, &room, &member).await;
+        if chat.leave(&conn, &room, &Via(&s)).await {
             recovery::left(&s, &chat, &room).await;
         }
         Ok(json!({ "ok": true }))
@@ -238,9 +225,7 @@ fn attach<A: Adapter>(s: &SocketRef<A>, chat: &Arc<Chat>, conn: &Conn) {
         async move {
             chat.metrics.connections.dec();
             if let Some(conn) = conn_of(&s) {
-                for (room, member) in conn.drain() {
-                    chat.left(&conn, &room, &member).await;
-                }
+                chat.disconnected(&conn).await;
             }
             recovery::closed(&s, &chat).await;
         }

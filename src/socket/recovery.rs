@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
-use super::enter;
+use super::Via;
 use crate::{
     chat::{
         Chat, Conn,
@@ -107,13 +107,10 @@ async fn restore<A: Adapter>(
     }
     let mut entered: Vec<RoomId> = Vec::with_capacity(admitted.len());
     for (room, member) in admitted {
-        if let Err(e) = enter(s, chat, conn, &room, member).await {
+        if let Err(e) = chat.enter(conn, &room, member, &Via(s)).await {
             tracing::warn!(error = %e, %room, "could not restore a room: fresh session");
             for room in entered {
-                if let Some(member) = conn.remove(&room) {
-                    s.leave(room.to_string());
-                    chat.left(conn, &room, &member).await;
-                }
+                chat.leave(conn, &room, &Via(s)).await;
             }
             return None;
         }

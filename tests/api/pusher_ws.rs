@@ -432,3 +432,75 @@ async fn terminate_connections_closes_the_users_pusher_connections() {
     };
     assert_eq!(closed, Some(4009));
 }
+
+/// What the `pusher` SDK's `authenticateUser` returns for this socket and user data.
+fn user_auth(socket_id: &str, user_data: &str) -> String {
+    format!("{KEY}:{}", creds().sign(&format!("{socket_id}::user::{user_data}")))
+}
+
+#[tokio::test]
+async fn signin_answers_success_and_terminate_connections_reaches_a_signed_in_connection() {
+    let app = spawn(&[]).await;
+    let mut c = Pc::connect(&app).await;
+    let user_data = json!({ "id": "77", "user_info": { "name": "Ann" } }).to_string();
+    let auth = user_auth(&c.socket_id, &user_data);
+    c.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } }))
+        .await;
+    let ok = c.wait("pusher:signin_success").await;
+    assert_eq!(ok["data"]["user_data"], json!(user_data));
+    // pusher-js then subscribes to the user's own channel; someone else's is refused.
+    let own = c.subscribe("#server-to-user-77", None).await;
+    assert_eq!(own["event"], "pusher_internal:subscription_succeeded");
+    let other = c.subscribe("#server-to-user-78", None).await;
+    assert_eq!(other["event"], "pusher:subscription_error");
+
+    // In no room at all, the connection is still the user's.
+    let mut bystander = Pc::connect(&app).await;
+    let path = format!("/apps/{APP_ID}/users/77/terminate_connections");
+    assert_eq!(post_signed(&app, &path, &json!({})).await, 200);
+    let closed = loop {
+        match c.next(Duration::from_secs(2)).await {
+            Some(Next::Closed(code)) => break code,
+            Some(Next::Frame(_)) => continue,
+            None => panic!("not closed"),
+        }
+    };
+    assert_eq!(closed, Some(4009));
+    bystander.send(json!({ "event": "pusher:ping", "data": {} })).await;
+    bystander.wait("pusher:pong").await;
+}
+
+#[tokio::test]
+async fn a_bad_signin_is_told_4009_and_closed_and_a_malformed_one_only_gets_an_error() {
+    let app = spawn(&[]).await;
+    // Malformed (no user_data): an error, the connection stays.
+    let mut c = Pc::connect(&app).await;
+    c.send(json!({ "event": "pusher:signin", "data": { "auth": "x" } }))
+        .await;
+    let error = c.wait("pusher:error").await;
+    assert_eq!(error["data"]["code"], json!(4200));
+    c.send(json!({ "event": "pusher:ping", "data": {} })).await;
+    c.wait("pusher:pong").await;
+
+    // Signed for another socket: 4009, then closed with 4009.
+    let user_data = json!({ "id": "77" }).to_string();
+    let auth = user_auth("1.2", &user_data);
+    c.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } }))
+        .await;
+    let error = c.wait("pusher:error").await;
+    assert_eq!(error["data"]["code"], json!(4009));
+    assert!(matches!(
+        c.next(Duration::from_secs(2)).await,
+        Some(Next::Closed(Some(4009)))
+    ));
+
+    // Validly signed, but user_data has no string id.
+    let mut c = Pc::connect(&app).await;
+    let user_data = json!({ "id": 77 }).to_string();
+    let auth = user_auth(&c.socket_id, &user_data);
+    c.send(json!({ "event": "pusher:signin", "data": { "auth": auth, "user_data": user_data } }))
+        .await;
+    let error = c.wait("pusher:error").await;
+    assert_eq!(error["data"]["code"], json!(4009));
+    assert!(c.none("pusher:signin_success", 200).await);
+}
