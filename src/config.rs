@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::pusher::{Credentials, UserIdType};
+use crate::{
+    pusher::{Credentials, UserIdType},
+    webhooks::{EVENT_NAMES, WebhookSettings},
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -156,6 +159,43 @@ pub struct Config {
     /// Pusher WebSocket: how long a pinged client has to answer before it is closed (4201).
     #[arg(long, env = "PUSHER_PONG_TIMEOUT_SECS", default_value_t = 30)]
     pub pusher_pong_timeout_secs: u64,
+
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// Webhook settings (WEBHOOK_*), validated into [`WebhookSettings`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Webhook receiver URLs (comma list), signed with PUSHER_KEY/PUSHER_SECRET; empty: no webhooks.
+    #[arg(long, env = "WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// Webhook events sent (comma list of channel_occupied, channel_vacated, member_added,
+    /// member_removed, client_event); empty: all of them.
+    #[arg(long, env = "WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+
+    /// 0: one request per event; more: events are gathered for up to this long (and at most
+    /// 100) into one request.
+    #[arg(long, env = "WEBHOOK_BATCH_MS", default_value_t = 0)]
+    pub webhook_batch_ms: u64,
+
+    /// A webhook request that fails (non-2xx, no answer) is retried with backoff for this long.
+    #[arg(long, env = "WEBHOOK_RETRY_SECS", default_value_t = 300)]
+    pub webhook_retry_secs: u64,
+
+    /// How long one webhook request may take.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Webhook events queued per URL before new ones are dropped (and counted).
+    #[arg(long, env = "WEBHOOK_QUEUE_EVENTS", default_value_t = 10_000)]
+    pub webhook_queue_events: usize,
+
+    /// Bytes of webhook events queued per URL before new ones are dropped (and counted).
+    #[arg(long, env = "WEBHOOK_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub webhook_queue_bytes: usize,
 }
 
 /// Which origins may open a Socket.IO connection.
@@ -215,6 +255,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Pusher WebSocket keep-alive.
     pub pusher_ws_timing: crate::pusher::ws::Timing,
+    /// `None` when no WEBHOOK_URL is set.
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -299,6 +341,8 @@ impl Config {
             .filter(|e| !e.is_empty())
             .collect();
 
+        let webhooks = webhook_settings(&self.webhook, pusher.is_some())?;
+
         let ip: std::net::IpAddr = self
             .host
             .parse()
@@ -333,8 +377,53 @@ impl Config {
                 activity_timeout: Duration::from_secs(self.pusher_activity_timeout_secs.max(1)),
                 pong_timeout: Duration::from_secs(self.pusher_pong_timeout_secs.max(1)),
             },
+            webhooks,
         })
     }
+}
+
+fn webhook_settings(c: &WebhookArgs, signed: bool) -> anyhow::Result<Option<WebhookSettings>> {
+    let urls = c
+        .webhook_url
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+        .map(|u| match url::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(url),
+            _ => bail!("WEBHOOK_URL must be http(s) URLs, got {u:?}"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if !signed {
+        bail!("WEBHOOK_URL needs PUSHER_APP_ID, PUSHER_KEY and PUSHER_SECRET to sign the requests");
+    }
+    let events = c
+        .webhook_events
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if EVENT_NAMES.contains(&e) {
+                Ok(e.to_owned())
+            } else {
+                bail!(
+                    "WEBHOOK_EVENTS: unknown event {e:?} (known: {})",
+                    EVENT_NAMES.join(", ")
+                )
+            }
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some(WebhookSettings {
+        urls,
+        events,
+        batch: Duration::from_millis(c.webhook_batch_ms),
+        retry_for: Duration::from_secs(c.webhook_retry_secs),
+        timeout: Duration::from_millis(c.webhook_timeout_ms.max(1)),
+        queue_events: c.webhook_queue_events.max(1),
+        queue_bytes: c.webhook_queue_bytes.max(1024),
+    }))
 }
 
 /// Shortest HS256 secret not warned about: HS256 keys shorter than the hash
@@ -446,6 +535,42 @@ mod tests {
         assert!(!s.origins.allows(Some("http://evil.test")));
         assert!(s.origins.allows(None));
         assert!(parse(&["--jwt-secret", "s", "--allowed-origins", "*"]).is_err());
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let base = [
+            "--jwt-secret",
+            "s",
+            "--pusher-app-id",
+            "1",
+            "--pusher-key",
+            "k",
+            "--pusher-secret",
+            "x",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        assert!(with(&[]).expect("ok").webhooks.is_none());
+        let hooks = with(&[
+            "--webhook-url",
+            "http://a/hook,https://b/hook",
+            "--webhook-events",
+            "channel_occupied,member_added",
+        ])
+        .expect("ok")
+        .webhooks
+        .expect("on");
+        assert_eq!(hooks.urls.len(), 2);
+        assert_eq!(hooks.events.len(), 2);
+        assert_eq!(hooks.retry_for, Duration::from_secs(300), "five minutes by default");
+        assert!(with(&["--webhook-url", "ftp://a"]).is_err());
+        assert!(with(&["--webhook-url", "http://a", "--webhook-events", "cache_miss"]).is_err());
+        let unsigned = parse(&["--jwt-secret", "s", "--webhook-url", "http://a"]).expect_err("needs keys");
+        assert!(unsigned.to_string().contains("PUSHER_SECRET"));
     }
 
     #[test]

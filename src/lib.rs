@@ -19,6 +19,8 @@
 //! - [`pusher`]: Pusher compatibility — signatures, the auth shim for `private-`/`presence-`
 //!   rooms, the Pusher HTTP API (plus signed group membership routes), and Pusher's
 //!   WebSocket protocol at `/app/{key}` for unmodified pusher-js.
+//! - [`webhooks`]: Pusher-style webhooks (occupied/vacated, members, client events), queued
+//!   and sent off the delivery path.
 //! - [`store`]: durable state behind the [`store::Store`] trait (SQLite embedded, Postgres in production).
 //! - [`cluster`]: many nodes sharing one Redis — presence, typing, rate limits, heartbeats.
 //! - [`error`]: the boundary error and its single mapping to the contract's codes.
@@ -59,3 +61,4 @@ pub mod startup;
 pub mod store;
 pub mod subscribers;
 pub mod telemetry;
+pub mod webhooks;

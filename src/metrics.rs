@@ -31,6 +31,13 @@ pub struct Metrics {
     pub cluster_nodes: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub dead_nodes: Counter<u64, AtomicU64>,
     pub adapter_errors: Counter<u64, AtomicU64>,
+    /// Webhook requests the receiver accepted (2xx), first try or retry.
+    pub webhooks_sent: Counter<u64, AtomicU64>,
+    /// Webhook requests given up (retry window over, or too many retrying).
+    pub webhooks_failed: Counter<u64, AtomicU64>,
+    pub webhooks_retried: Counter<u64, AtomicU64>,
+    /// Webhook events dropped because a URL's queue was full.
+    pub webhooks_dropped: Counter<u64, AtomicU64>,
     errors: Family<CodeLabel, Counter>,
     store_seconds: Family<OpLabel, Histogram>,
 }
@@ -47,6 +54,10 @@ impl Metrics {
         let cluster_nodes = Gauge::default();
         let dead_nodes = Counter::default();
         let adapter_errors = Counter::default();
+        let webhooks_sent = Counter::default();
+        let webhooks_failed = Counter::default();
+        let webhooks_retried = Counter::default();
+        let webhooks_dropped = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let store_seconds = Family::<OpLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
@@ -84,6 +95,22 @@ impl Metrics {
             "Broadcasts or room changes that could not be handed to the other nodes, or were lost on the way in",
             adapter_errors.clone(),
         );
+        registry.register(
+            "webhooks_sent",
+            "Webhook requests accepted by the receiver (2xx)",
+            webhooks_sent.clone(),
+        );
+        registry.register(
+            "webhooks_failed",
+            "Webhook requests given up after retrying",
+            webhooks_failed.clone(),
+        );
+        registry.register("webhooks_retried", "Webhook request retries", webhooks_retried.clone());
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped because the queue was full",
+            webhooks_dropped.clone(),
+        );
         registry.register("errors", "Errors answered to clients, by code", errors.clone());
         registry.register(
             "store_seconds",
@@ -101,6 +128,10 @@ impl Metrics {
             cluster_nodes,
             dead_nodes,
             adapter_errors,
+            webhooks_sent,
+            webhooks_failed,
+            webhooks_retried,
+            webhooks_dropped,
             errors,
             store_seconds,
         }

@@ -136,6 +136,13 @@ impl Application {
             )?),
             _ => None,
         };
+        let webhooks = match (&settings.webhooks, &settings.pusher) {
+            (Some(hooks), Some(credentials)) => {
+                crate::webhooks::Webhooks::start(hooks, credentials.clone(), metrics.clone())
+                    .context("cannot set up the webhook client")?
+            }
+            _ => crate::webhooks::Webhooks::disabled(),
+        };
         let parts = |broadcaster: Broadcaster| ChatParts {
             store,
             verifier,
@@ -151,6 +158,7 @@ impl Application {
             shim,
             signed,
             identity_channel: settings.pusher_identity_channel.clone(),
+            webhooks,
         };
         let routes = |chat: &Arc<Chat>| {
             let mut router = http::router(chat.clone(), settings.max_frame_bytes);

@@ -25,10 +25,11 @@ use crate::{
     pusher::{AuthShim, ChannelAuth, Forwarded, PresentedAuth, auth_shim::ShimError},
     ratelimit::RateLimit,
     store::{Appended, NewMessage, Page, PageQuery, Store},
+    webhooks::Webhooks,
 };
 pub use access::Seeker;
 pub use membership::Membership;
-use presence::{Presence, RoomStats};
+use presence::{Left, Presence, RoomStats};
 use sessions::Sessions;
 use typing::Typing;
 
@@ -114,6 +115,8 @@ pub struct Chat {
     writes: TaskTracker,
     /// Connection state recovery: the window and this node's live sessions.
     sessions: Sessions,
+    /// Told of every occupied/vacated and presence member change this node decides.
+    webhooks: Webhooks,
 }
 
 pub struct ChatParts {
@@ -132,6 +135,7 @@ pub struct ChatParts {
     pub max_event_bytes: usize,
     /// How long a disconnected session may be resumed; zero disables recovery.
     pub recovery_window: Duration,
+    pub webhooks: Webhooks,
 }
 
 impl Chat {
@@ -152,7 +156,12 @@ impl Chat {
             max_event_bytes: p.max_event_bytes,
             writes: TaskTracker::new(),
             sessions: Sessions::new(p.recovery_window),
+            webhooks: p.webhooks,
         }
+    }
+
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     pub fn broadcaster(&self) -> &Broadcaster {
@@ -215,7 +224,12 @@ impl Chat {
             );
         }
         for (room, member) in &tick.offline {
+            self.webhooks.member(room, member.key(), false);
             self.announce_online(Audience::room(room), member, false).await;
+        }
+        // After the members: member_removed goes before channel_vacated.
+        for room in &tick.vacated {
+            self.webhooks.channel_vacated(room);
         }
         if tick.forgotten {
             tracing::error!("the cluster took this node for dead; reconnecting its sockets so they count again");
@@ -284,13 +298,14 @@ impl Chat {
     /// removed from a group). Presence changes before this returns, so every
     /// node's `members` agrees as soon as the caller answers.
     pub async fn evict(&self, room: &RoomId, user_key: &str) -> Result<(), ChatError> {
-        let gone = self
+        let left = self
             .presence
             .evict(room, user_key)
             .await
             .map_err(|e| ChatError::internal("presence registry failed", &e))?;
+        self.hook_left(room, &left);
         self.broadcaster.leave_room(user_key, room).await;
-        if let Some(member) = gone {
+        if let Some(member) = left.gone {
             if self.typing.stop(room, user_key).await {
                 self.broadcaster
                     .emit(
@@ -309,13 +324,20 @@ impl Chat {
 
     /// A socket entered `room`: count it, and announce the user when it is their first socket there.
     pub async fn entered(&self, conn: &Conn, room: &RoomId, member: &Member) -> Result<(), ChatError> {
-        let first = self
+        let joined = self
             .presence
             .join(room, member, &conn.socket_id)
             .await
             .map_err(|e| ChatError::internal("presence registry failed", &e))?;
         self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
-        if first {
+        // Occupied before member_added, as Pusher orders them.
+        if joined.occupied {
+            self.webhooks.channel_occupied(room);
+        }
+        if joined.first {
+            self.webhooks.member(room, member.key(), true);
+        }
+        if joined.first {
             self.announce_online(Audience::room(room).except_user(conn.identity.user.key()), member, true)
                 .await;
         }
@@ -330,14 +352,26 @@ impl Chat {
             self.announce_typing(room, &conn.identity, false).await;
         }
         match self.presence.leave(room, member.key(), &conn.socket_id).await {
-            Ok(Some(gone)) => {
-                self.announce_online(Audience::room(room).except_user(user), &gone, false)
-                    .await;
+            Ok(left) => {
+                self.hook_left(room, &left);
+                if let Some(gone) = left.gone {
+                    self.announce_online(Audience::room(room).except_user(user), &gone, false)
+                        .await;
+                }
             }
-            Ok(None) => {}
             Err(e) => tracing::error!(error = %e, %room, "presence leave failed"),
         }
         self.metrics.rooms.set(self.presence.occupied_rooms() as i64);
+    }
+
+    /// Webhooks for a departure: member_removed before channel_vacated.
+    fn hook_left(&self, room: &RoomId, left: &Left) {
+        if let Some(gone) = &left.gone {
+            self.webhooks.member(room, gone.key(), false);
+        }
+        if left.vacated {
+            self.webhooks.channel_vacated(room);
+        }
     }
 
     pub async fn members(&self, room: &RoomId) -> Result<Vec<Member>, ChatError> {

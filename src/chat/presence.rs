@@ -19,11 +19,12 @@ pub struct PresenceError(pub String);
 
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Records `socket` of `member` in `room`. True when it is the member's first socket there.
-    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<bool, PresenceError>;
+    /// Records `socket` of `member` in `room`: whether it is the member's first
+    /// socket there, and whether it is the room's first socket at all.
+    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<Joined, PresenceError>;
     /// Removes `socket` of the member with `member_key`. When it was their last
-    /// socket there, returns the member as the room knew them.
-    async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Option<Member>, PresenceError>;
+    /// socket there, [`Left::gone`] is the member as the room knew them.
+    async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Left, PresenceError>;
     /// One entry per member present, in the order they arrived.
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError>;
     /// Distinct members and sockets in one room.
@@ -31,7 +32,7 @@ pub trait Presence: Send + Sync + 'static {
     /// Every room with at least one socket, with its occupancy.
     async fn occupied(&self) -> Result<Vec<(RoomId, RoomStats)>, PresenceError>;
     /// Removes every socket of the member in `room`, wherever they are; the member when they were present.
-    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Option<Member>, PresenceError>;
+    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Left, PresenceError>;
     /// Rooms with at least one member on this node (for metrics).
     fn occupied_rooms(&self) -> usize;
     /// How often [`Presence::tick`] must run; `None` when it has nothing to do.
@@ -46,11 +47,33 @@ pub trait Presence: Send + Sync + 'static {
     async fn goodbye(&self) {}
 }
 
+/// What a [`Presence::join`] changed. Both are decided where sockets are
+/// counted (one lock, or one Redis script), so exactly one join in the whole
+/// cluster sees `occupied` for a room going from 0 sockets to 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The member's first socket in the room.
+    pub first: bool,
+    /// The room's first socket: it went from empty to occupied.
+    pub occupied: bool,
+}
+
+/// What a [`Presence::leave`] or [`Presence::evict`] changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Left {
+    /// The member, when that was their last socket in the room.
+    pub gone: Option<Member>,
+    /// The room's last socket left: it went from occupied to empty.
+    pub vacated: bool,
+}
+
 /// What a periodic [`Presence::tick`] found.
 #[derive(Debug, Default)]
 pub struct Tick {
     /// Users who went offline in a room because their node died.
     pub offline: Vec<(RoomId, Member)>,
+    /// Rooms left empty because the sockets of a dead node were cleared.
+    pub vacated: Vec<RoomId>,
     pub dead_nodes: usize,
     pub live_nodes: usize,
     /// Other nodes took this one for dead and removed its entries.
@@ -100,11 +123,13 @@ impl LocalPresence {
 
 #[async_trait]
 impl Presence for LocalPresence {
-    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<bool, PresenceError> {
+    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<Joined, PresenceError> {
         let mut guard = self.lock();
         let state = &mut *guard;
         state.seq += 1;
         let seq = state.seq;
+        // Empty rooms are removed, so an absent room is one with no socket.
+        let occupied = !state.rooms.contains_key(room);
         let entry = state
             .rooms
             .entry(room.clone())
@@ -117,25 +142,26 @@ impl Presence for LocalPresence {
             });
         let first = entry.sockets.is_empty();
         entry.sockets.insert(socket.to_owned());
-        Ok(first)
+        Ok(Joined { first, occupied })
     }
 
-    async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Option<Member>, PresenceError> {
+    async fn leave(&self, room: &RoomId, member_key: &str, socket: &str) -> Result<Left, PresenceError> {
         let mut state = self.lock();
         let Some(members) = state.rooms.get_mut(room) else {
-            return Ok(None);
+            return Ok(Left::default());
         };
         let Some(entry) = members.get_mut(member_key) else {
-            return Ok(None);
+            return Ok(Left::default());
         };
         if !entry.sockets.remove(socket) || !entry.sockets.is_empty() {
-            return Ok(None);
+            return Ok(Left::default());
         }
         let gone = members.remove(member_key).map(|e| e.member);
-        if members.is_empty() {
+        let vacated = members.is_empty();
+        if vacated {
             state.rooms.remove(room);
         }
-        Ok(gone)
+        Ok(Left { gone, vacated })
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError> {
@@ -158,16 +184,17 @@ impl Presence for LocalPresence {
             .collect())
     }
 
-    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Option<Member>, PresenceError> {
+    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Left, PresenceError> {
         let mut state = self.lock();
         let Some(members) = state.rooms.get_mut(room) else {
-            return Ok(None);
+            return Ok(Left::default());
         };
         let gone = members.remove(member_key).map(|e| e.member);
+        let vacated = gone.is_some() && members.is_empty();
         if members.is_empty() {
             state.rooms.remove(room);
         }
-        Ok(gone)
+        Ok(Left { gone, vacated })
     }
 
     fn occupied_rooms(&self) -> usize {
@@ -188,14 +215,30 @@ mod tests {
         }
     }
 
+    fn joined(first: bool, occupied: bool) -> Joined {
+        Joined { first, occupied }
+    }
+
+    fn left(gone: Option<Member>, vacated: bool) -> Left {
+        Left { gone, vacated }
+    }
+
     #[tokio::test]
-    async fn first_in_last_out_per_user() {
+    async fn first_in_last_out_per_user_and_per_room() {
         let p = LocalPresence::default();
         let room = RoomId::parse("lobby").expect("room");
-        assert!(p.join(&room, &member(5), "a").await.expect("ok"));
-        assert!(!p.join(&room, &member(5), "b").await.expect("ok"), "second tab");
-        assert!(!p.join(&room, &member(5), "b").await.expect("ok"), "same socket twice");
-        assert!(p.join(&room, &member(7), "c").await.expect("ok"));
+        assert_eq!(p.join(&room, &member(5), "a").await.expect("ok"), joined(true, true));
+        assert_eq!(
+            p.join(&room, &member(5), "b").await.expect("ok"),
+            joined(false, false),
+            "second tab"
+        );
+        assert_eq!(
+            p.join(&room, &member(5), "b").await.expect("ok"),
+            joined(false, false),
+            "same socket twice"
+        );
+        assert_eq!(p.join(&room, &member(7), "c").await.expect("ok"), joined(true, false));
         let keys: Vec<String> = p
             .members(&room)
             .await
@@ -205,13 +248,34 @@ mod tests {
             .collect();
         assert_eq!(keys, ["5", "7"]);
         assert_eq!(p.stats(&room).await.expect("ok"), RoomStats { users: 2, sockets: 3 });
-        assert_eq!(p.leave(&room, "5", "a").await.expect("ok"), None);
-        assert_eq!(p.leave(&room, "5", "zzz").await.expect("ok"), None, "unknown socket");
-        assert_eq!(p.leave(&room, "5", "b").await.expect("ok"), Some(member(5)));
-        assert_eq!(p.leave(&room, "5", "b").await.expect("ok"), None, "already gone");
+        assert_eq!(p.leave(&room, "5", "a").await.expect("ok"), left(None, false));
+        assert_eq!(
+            p.leave(&room, "5", "zzz").await.expect("ok"),
+            left(None, false),
+            "unknown socket"
+        );
+        assert_eq!(
+            p.leave(&room, "5", "b").await.expect("ok"),
+            left(Some(member(5)), false)
+        );
+        assert_eq!(
+            p.leave(&room, "5", "b").await.expect("ok"),
+            left(None, false),
+            "already gone"
+        );
         assert_eq!(p.occupied_rooms(), 1);
-        assert!(p.leave(&room, "7", "c").await.expect("ok").is_some());
+        assert_eq!(p.leave(&room, "7", "c").await.expect("ok"), left(Some(member(7)), true));
         assert_eq!(p.occupied_rooms(), 0);
+        assert_eq!(
+            p.leave(&room, "7", "c").await.expect("ok"),
+            left(None, false),
+            "vacated is said once"
+        );
+        assert_eq!(
+            p.join(&room, &member(7), "c").await.expect("ok"),
+            joined(true, true),
+            "occupied again"
+        );
     }
 
     #[tokio::test]
@@ -221,13 +285,14 @@ mod tests {
         p.join(&room, &member(5), "a").await.expect("ok");
         p.join(&room, &member(5), "b").await.expect("ok");
         p.join(&room, &member(7), "c").await.expect("ok");
-        assert_eq!(p.evict(&room, "5").await.expect("ok"), Some(member(5)));
-        assert_eq!(p.evict(&room, "5").await.expect("ok"), None);
+        assert_eq!(p.evict(&room, "5").await.expect("ok"), left(Some(member(5)), false));
+        assert_eq!(p.evict(&room, "5").await.expect("ok"), left(None, false));
         assert_eq!(
             p.leave(&room, "5", "a").await.expect("ok"),
-            None,
+            left(None, false),
             "evicted socket leaves quietly"
         );
         assert_eq!(p.stats(&room).await.expect("ok"), RoomStats { users: 1, sockets: 1 });
+        assert_eq!(p.evict(&room, "7").await.expect("ok"), left(Some(member(7)), true));
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::{Redis, scripts};
 use crate::{
-    chat::presence::{Presence, PresenceError, RoomStats, Tick},
+    chat::presence::{Joined, Left, Presence, PresenceError, RoomStats, Tick},
     domain::{Member, RoomId},
 };
 
@@ -58,9 +58,9 @@ fn parse_member(json: &str) -> Result<Member, PresenceError> {
 
 #[async_trait]
 impl Presence for RedisPresence {
-    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<bool, PresenceError> {
+    async fn join(&self, room: &RoomId, member: &Member, socket: &str) -> Result<Joined, PresenceError> {
         let json = serde_json::to_string(member).map_err(|e| PresenceError(e.to_string()))?;
-        let outcome: i64 = scripts::JOIN
+        let (outcome, occupied): (i64, i64) = scripts::JOIN
             .arg(self.redis.prefix())
             .arg(room.as_str())
             .arg(socket)
@@ -72,11 +72,14 @@ impl Presence for RedisPresence {
         if outcome > 0 {
             *self.local().entry(room.clone()).or_default() += 1;
         }
-        Ok(outcome == 2)
+        Ok(Joined {
+            first: outcome == 2,
+            occupied: occupied == 1,
+        })
     }
 
-    async fn leave(&self, room: &RoomId, _member_key: &str, socket: &str) -> Result<Option<Member>, PresenceError> {
-        let (found, gone): (i64, Option<String>) = scripts::LEAVE
+    async fn leave(&self, room: &RoomId, _member_key: &str, socket: &str) -> Result<Left, PresenceError> {
+        let (found, gone, vacated): (i64, Option<String>, i64) = scripts::LEAVE
             .arg(self.redis.prefix())
             .arg(room.as_str())
             .arg(socket)
@@ -91,18 +94,24 @@ impl Presence for RedisPresence {
                 }
             }
         }
-        gone.as_deref().map(parse_member).transpose()
+        Ok(Left {
+            gone: gone.as_deref().map(parse_member).transpose()?,
+            vacated: vacated == 1,
+        })
     }
 
-    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Option<Member>, PresenceError> {
-        let gone: Option<String> = scripts::EVICT
+    async fn evict(&self, room: &RoomId, member_key: &str) -> Result<Left, PresenceError> {
+        let (gone, vacated): (Option<String>, i64) = scripts::EVICT
             .arg(self.redis.prefix())
             .arg(room.as_str())
             .arg(member_key)
             .invoke_async(&mut self.redis.conn())
             .await?;
         // The local gauge catches up when the evicted sockets' own leaves find nothing.
-        gone.as_deref().map(parse_member).transpose()
+        Ok(Left {
+            gone: gone.as_deref().map(parse_member).transpose()?,
+            vacated: vacated == 1,
+        })
     }
 
     async fn members(&self, room: &RoomId) -> Result<Vec<Member>, PresenceError> {
@@ -178,17 +187,28 @@ impl Presence for RedisPresence {
             .map(|v| redis::from_redis_value(v).unwrap_or(0))
             .unwrap_or(0);
         let mut offline = Vec::new();
-        while let (Some(room), Some(member)) = (values.next(), values.next()) {
+        let mut vacated = Vec::new();
+        while let (Some(room), Some(member), Some(emptied)) = (values.next(), values.next(), values.next()) {
             let unreadable = |e: redis::ParsingError| PresenceError(e.to_string());
             let room: String = redis::from_redis_value(room).map_err(unreadable)?;
-            let member: String = redis::from_redis_value(member).map_err(unreadable)?;
-            match (RoomId::parse(&room), parse_member(&member)) {
-                (Ok(room), Ok(member)) => offline.push((room, member)),
-                _ => tracing::warn!(%room, %member, "skipping unreadable reaped entry"),
+            let member: Option<String> = redis::from_redis_value(member).map_err(unreadable)?;
+            let emptied: i64 = redis::from_redis_value(emptied).map_err(unreadable)?;
+            let Ok(room) = RoomId::parse(&room) else {
+                tracing::warn!(%room, "skipping unreadable reaped room");
+                continue;
+            };
+            match member.as_deref().map(parse_member) {
+                Some(Ok(member)) => offline.push((room.clone(), member)),
+                Some(Err(e)) => tracing::warn!(%room, error = %e, "skipping unreadable reaped member"),
+                None => {}
+            }
+            if emptied == 1 {
+                vacated.push(room);
             }
         }
         Ok(Tick {
             offline,
+            vacated,
             dead_nodes,
             live_nodes: live,
             // Listed anew after we had been beating: others took us for dead and

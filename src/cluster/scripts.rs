@@ -16,7 +16,9 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Removes one socket entry; returns the member JSON when it was the user's last socket in the room.
+/// Removes one socket entry; returns the member JSON when it was the user's
+/// last socket in the room (else false), and 1 when it was the room's last
+/// socket of all (the room is vacated), else 0.
 const DROP: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
@@ -39,64 +41,69 @@ local function drop(P, R, sock, val)
     redis.call('HDEL', rk .. ':members', user)
     redis.call('ZREM', rk .. ':order', user)
   end
+  local vacated = 0
   if redis.call('HLEN', rk .. ':sockets') == 0 then
     redis.call('DEL', rk .. ':users', rk .. ':members', rk .. ':order', rk .. ':nodes')
-    redis.call('SREM', P .. ':rooms', R)
+    vacated = redis.call('SREM', P .. ':rooms', R)
   end
-  return gone
+  return gone, vacated
 end
 "#;
 
 /// ARGV: prefix, room, socket, node, user key, member JSON.
-/// Returns 0 when the socket was already there, 1 for a new socket, 2 when it is also the user's first.
+/// Returns `[outcome, occupied]`: outcome 0 when the socket was already there, 1 for a
+/// new socket, 2 when it is also the user's first; occupied 1 when it is the room's first socket.
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local P, R, sock, node, user, json = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local rk = P .. ':room:' .. R
-if redis.call('HSETNX', rk .. ':sockets', sock, node .. '|' .. user) == 0 then return 0 end
-redis.call('SADD', P .. ':rooms', R)
+if redis.call('HSETNX', rk .. ':sockets', sock, node .. '|' .. user) == 0 then return {0, 0} end
+local occupied = redis.call('SADD', P .. ':rooms', R)
 if redis.call('HINCRBY', rk .. ':nodes', node, 1) == 1 then
   redis.call('SADD', P .. ':node:' .. node .. ':rooms', R)
 end
 if redis.call('HINCRBY', rk .. ':users', user, 1) == 1 then
   redis.call('HSET', rk .. ':members', user, json)
   redis.call('ZADD', rk .. ':order', redis.call('INCR', P .. ':seq'), user)
-  return 2
+  return {2, occupied}
 end
-return 1
+return {1, occupied}
 "#,
     )
 });
 
-/// ARGV: prefix, room, socket. Returns `[found, member JSON or nil]`.
+/// ARGV: prefix, room, socket. Returns `[found, member JSON or nil, vacated]`.
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{DROP}
 local val = redis.call('HGET', ARGV[1] .. ':room:' .. ARGV[2] .. ':sockets', ARGV[3])
-if not val then return {{0, false}} end
-return {{1, drop(ARGV[1], ARGV[2], ARGV[3], val)}}
+if not val then return {{0, false, 0}} end
+local gone, vacated = drop(ARGV[1], ARGV[2], ARGV[3], val)
+return {{1, gone, vacated}}
 "#
     ))
 });
 
 /// ARGV: prefix, room, user key. Removes every socket of the user in the room,
-/// on every node. Returns the member JSON when they were present.
+/// on every node. Returns `[member JSON or nil, vacated]`: the member when they
+/// were present, and 1 when that left the room empty.
 pub static EVICT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{DROP}
 local P, R, user = ARGV[1], ARGV[2], ARGV[3]
 local all = redis.call('HGETALL', P .. ':room:' .. R .. ':sockets')
-local gone = false
+local gone, vacated = false, 0
 for i = 1, #all, 2 do
   local val = all[i + 1]
   local bar = string.find(val, '|', 1, true)
   if bar and string.sub(val, bar + 1) == user then
-    local g = drop(P, R, all[i], val)
+    local g, v = drop(P, R, all[i], val)
     if g then gone = g end
+    if v == 1 then vacated = 1 end
   end
 end
-return gone
+return {{gone, vacated}}
 "#
     ))
 });
@@ -132,8 +139,9 @@ return {{added, redis.call('ZCARD', ARGV[1] .. ':nodes')}}
 
 /// ARGV: prefix, node timeout in ms, this node. Removes every node silent for
 /// longer than the timeout (never this one) with all its presence entries.
-/// Returns `[dead nodes, room, member JSON, room, member JSON, …]` for each
-/// user that has no socket left in that room.
+/// Returns `[dead nodes, room, member JSON or nil, vacated, …]`: one triple for
+/// each user that has no socket left in that room (member JSON) and for each
+/// room left without any socket (vacated 1), the member first.
 pub static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{DROP}
@@ -150,10 +158,11 @@ for _, node in ipairs(dead) do
       for i = 1, #all, 2 do
         local val = all[i + 1]
         if string.sub(val, 1, #node + 1) == node .. '|' then
-          local g = drop(P, R, all[i], val)
-          if g then
+          local g, v = drop(P, R, all[i], val)
+          if g or v == 1 then
             table.insert(out, R)
             table.insert(out, g)
+            table.insert(out, v)
           end
         end
       end

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Redis, RedisPresence, SharedLimit};
 use crate::{
-    chat::presence::{Presence, RoomStats},
+    chat::presence::{Joined, Left, Presence, RoomStats},
     config::ClusterSettings,
     domain::{Member, RoomId, UserId},
 };
@@ -43,33 +43,65 @@ fn keys(members: &[Member]) -> Vec<String> {
     members.iter().map(|m| m.key().to_owned()).collect()
 }
 
+fn joined(first: bool, occupied: bool) -> Joined {
+    Joined { first, occupied }
+}
+
+fn left(gone: Option<Member>, vacated: bool) -> Left {
+    Left { gone, vacated }
+}
+
 #[tokio::test]
 async fn first_in_and_last_out_count_every_node() {
     let Some(settings) = settings() else { return };
     let (a, b) = nodes(&settings).await;
     let room = RoomId::parse("lobby").expect("room");
-    assert!(a.join(&room, &member(5), "s1").await.expect("join"));
-    assert!(
-        !b.join(&room, &member(5), "s2").await.expect("join"),
+    assert_eq!(a.join(&room, &member(5), "s1").await.expect("join"), joined(true, true));
+    assert_eq!(
+        b.join(&room, &member(5), "s2").await.expect("join"),
+        joined(false, false),
         "second socket, other node"
     );
-    assert!(
-        !a.join(&room, &member(5), "s1").await.expect("join"),
+    assert_eq!(
+        a.join(&room, &member(5), "s1").await.expect("join"),
+        joined(false, false),
         "same socket twice"
     );
-    assert!(b.join(&room, &member(7), "s3").await.expect("join"));
+    assert_eq!(
+        b.join(&room, &member(7), "s3").await.expect("join"),
+        joined(true, false)
+    );
     assert_eq!(keys(&b.members(&room).await.expect("members")), ["5", "7"]);
     assert_eq!(a.members(&room).await.expect("members")[0], member(5), "profile kept");
     assert_eq!(a.stats(&room).await.expect("stats"), RoomStats { users: 2, sockets: 3 });
-    assert_eq!(a.leave(&room, "5", "s1").await.expect("leave"), None, "still on node b");
-    assert_eq!(a.leave(&room, "5", "s1").await.expect("leave"), None, "already gone");
-    assert_eq!(b.leave(&room, "5", "s2").await.expect("leave"), Some(member(5)));
+    assert_eq!(
+        a.leave(&room, "5", "s1").await.expect("leave"),
+        left(None, false),
+        "still on node b"
+    );
+    assert_eq!(
+        a.leave(&room, "5", "s1").await.expect("leave"),
+        left(None, false),
+        "already gone"
+    );
+    assert_eq!(
+        b.leave(&room, "5", "s2").await.expect("leave"),
+        left(Some(member(5)), false)
+    );
     assert_eq!(a.occupied_rooms(), 0);
     assert_eq!(b.occupied_rooms(), 1);
     let occupied = a.occupied().await.expect("occupied");
     assert_eq!(occupied, vec![(room.clone(), RoomStats { users: 1, sockets: 1 })]);
-    assert!(b.leave(&room, "7", "s3").await.expect("leave").is_some());
+    assert_eq!(
+        b.leave(&room, "7", "s3").await.expect("leave"),
+        left(Some(member(7)), true)
+    );
     assert!(a.occupied().await.expect("occupied").is_empty(), "no stale room");
+    assert_eq!(
+        a.join(&room, &member(7), "s4").await.expect("join"),
+        joined(true, true),
+        "occupied again"
+    );
 }
 
 #[tokio::test]
@@ -80,14 +112,15 @@ async fn evict_takes_the_member_out_on_every_node() {
     a.join(&room, &member(5), "s1").await.expect("join");
     b.join(&room, &member(5), "s2").await.expect("join");
     b.join(&room, &member(7), "s3").await.expect("join");
-    assert_eq!(a.evict(&room, "5").await.expect("evict"), Some(member(5)));
+    assert_eq!(a.evict(&room, "5").await.expect("evict"), left(Some(member(5)), false));
     assert_eq!(keys(&b.members(&room).await.expect("members")), ["7"]);
     assert_eq!(
         b.leave(&room, "5", "s2").await.expect("leave"),
-        None,
+        left(None, false),
         "evicted socket leaves quietly"
     );
     assert_eq!(a.stats(&room).await.expect("stats"), RoomStats { users: 1, sockets: 1 });
+    assert_eq!(b.evict(&room, "7").await.expect("evict"), left(Some(member(7)), true));
 }
 
 #[tokio::test]
@@ -117,10 +150,16 @@ async fn a_silent_node_is_reaped_once_and_its_users_go_offline() {
     offline.sort();
     let expected = [("lobby", "7"), ("other", "7")].map(|(r, u)| (r.to_owned(), u.to_owned()));
     assert_eq!(offline, expected, "user 5 still has a socket on node a");
+    let vacated: Vec<String> = tick.vacated.iter().map(ToString::to_string).collect();
+    assert_eq!(vacated, ["other"], "lobby still has node a's socket");
     assert_eq!(keys(&a.members(&lobby).await.expect("members")), ["5"]);
     assert_eq!(a.occupied().await.expect("occupied").len(), 1, "no ghost room");
     let again = a.tick().await.expect("tick");
-    assert_eq!((again.dead_nodes, again.offline.len()), (0, 0), "reaped exactly once");
+    assert_eq!(
+        (again.dead_nodes, again.offline.len(), again.vacated.len()),
+        (0, 0, 0),
+        "reaped exactly once"
+    );
     assert!(!again.forgotten);
     let back = b.tick().await.expect("tick b");
     assert!(back.forgotten, "a reaped node learns it was forgotten");

@@ -672,6 +672,9 @@ impl Session {
                 from,
             )
             .await;
+        self.chat
+            .webhooks()
+            .client_event(&room, name, &data, &self.link.socket_id, from);
         Ok(())
     }
 

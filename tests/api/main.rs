@@ -12,3 +12,4 @@ mod recovery;
 mod rest;
 mod socket;
 mod typing;
+mod webhooks;
